@@ -145,7 +145,10 @@ def select_indices(
         s = s.masked_fill(protected[:, None, :].bool(), float("inf"))
     if key_mask is not None:
         s = s.masked_fill(~key_mask[:, None, :].bool(), float("-inf"))
-    return s.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    # A stable sort breaks ties (frequent after max-pooling) by position, so a row scores the same
+    # whatever left padding precedes it.
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    return order[..., :k].sort(dim=-1).values
 
 
 def gather_kv(

@@ -1,0 +1,42 @@
+"""Budget: how many prompt entries each KV head of each layer keeps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An absolute count (``int``: entries kept per KV head per layer) or a kept fraction of the prompt
+    (``float`` in ``(0, 1)``)."""
+
+    value: int | float
+
+    @classmethod
+    def parse(cls, budget: int | float | Budget) -> Budget:
+        if isinstance(budget, Budget):
+            return budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise TypeError(
+                f"budget must be an int (entries kept per head) or a float in (0, 1) (kept fraction), "
+                f"got {type(budget).__name__}"
+            )
+        if isinstance(budget, float):
+            if math.isnan(budget) or not 0.0 < budget < 1.0:
+                raise ValueError(
+                    f"a float budget is a kept fraction and must lie in (0, 1), got {budget}; "
+                    "pass an int for an absolute number of entries (e.g. budget=512)"
+                )
+        elif budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}; e.g. budget=512 or budget=0.25")
+        return cls(budget)
+
+    def entries(self, prompt_length: int) -> int:
+        """Entries kept per head for a prompt of ``prompt_length`` tokens (never more than the prompt)."""
+        if isinstance(self.value, float):
+            return max(1, min(prompt_length, round(self.value * prompt_length)))
+        return min(self.value, prompt_length)
+
+    def __str__(self) -> str:
+        return f"{self.value:.0%}" if isinstance(self.value, float) else str(self.value)

@@ -1,0 +1,145 @@
+"""Capture post-RoPE queries through transformers' AttentionInterface and turn them into scores.
+
+One mechanism serves every model that calls ``ALL_ATTENTION_FUNCTIONS.get_interface(...)`` (Llama,
+Mistral, Qwen2/3, Gemma2/3, Phi3, ...): while a :class:`AttentionCapture` is active, the model's
+attention function is routed through a wrapper that first scores the queries it receives against
+the keys the cache returned, then calls the original function unchanged. No per-architecture query
+code exists anywhere in the library.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import kernels
+
+
+@dataclass
+class QueryPlan:
+    """Which queries of a forward to score, and where they sit among the keys.
+
+    Attributes
+    ----------
+    query_slice : slice
+        Queries taken from the attention call (``slice(-w, None)`` for a last window).
+    causal_offset : int
+        Key position of the first selected query.
+    num_out : int
+        Key columns to score (the prompt).
+    key_mask : bool Tensor ``[B, num_keys]`` or None
+        ``False`` marks padding keys.
+    layers : frozenset[int]
+        Layer indices to score (the evictable, full-attention ones).
+    """
+
+    query_slice: slice
+    causal_offset: int
+    num_out: int
+    key_mask: torch.Tensor | None
+    layers: frozenset[int]
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Attention modules that follow transformers' standard interface (they carry a ``layer_idx``)."""
+    return [
+        m
+        for m in model.modules()
+        if type(m).__name__.endswith("Attention") and isinstance(getattr(m, "layer_idx", None), int)
+    ]
+
+
+def attention_implementations(model: nn.Module) -> set[str]:
+    """The ``_attn_implementation`` names used by ``model``'s attention modules."""
+    names = set()
+    for module in attention_modules(model):
+        config = getattr(module, "config", None) or model.config
+        names.add(getattr(config, "_attn_implementation", None) or "eager")
+    return names
+
+
+def _registered_function(name: str) -> Callable | None:
+    """What transformers' interface holds for ``name`` (None for the modeling file's own eager)."""
+    local = ALL_ATTENTION_FUNCTIONS._local_mapping
+    return local.get(name, ALL_ATTENTION_FUNCTIONS._global_mapping.get(name))
+
+
+def _modeling_eager(module: nn.Module) -> Callable:
+    """The eager attention of ``module``'s modeling file (softcapping etc. included)."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise TypeError(
+            f"{type(module).__name__} uses eager attention but its modeling file defines no "
+            "eager_attention_forward; load the model with attn_implementation='sdpa'"
+        )
+    return eager
+
+
+class AttentionCapture:
+    """Context manager: while active, score ``plan``'s queries in every attention call of ``names``.
+
+    ``scores[layer_idx]`` holds ``[B, Hkv, plan.num_out]`` fp32 mean attention probabilities (with
+    autograd when the queries require grad, which is how training back-propagates into soft rows).
+    Not thread-safe: the override lives on transformers' shared ``ALL_ATTENTION_FUNCTIONS`` for the
+    duration of the block.
+    """
+
+    def __init__(self, names: Iterable[str], plan: QueryPlan):
+        self.names = sorted(set(names))
+        self.plan = plan
+        self.scores: dict[int, torch.Tensor] = {}
+        self._saved: dict[str, Callable | None] = {}
+
+    def _wrap(self, name: str, inner: Callable | None) -> Callable:
+        def capture_then_attend(module, query, key, value, attention_mask, *args, **kwargs):
+            layer_idx = getattr(module, "layer_idx", None)
+            if layer_idx in self.plan.layers:
+                self.scores[layer_idx] = self._score(module, query, key, kwargs)
+            attend = inner if inner is not None else _modeling_eager(module)
+            return attend(module, query, key, value, attention_mask, *args, **kwargs)
+
+        return capture_then_attend
+
+    def _score(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        plan = self.plan
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+        softcap = kwargs.get("softcap")
+        key_mask = plan.key_mask
+        if key_mask is not None and key_mask.shape[-1] != key.shape[-2]:
+            raise RuntimeError(
+                f"scoring pass saw {key.shape[-2]} keys at layer {module.layer_idx} but expected "
+                f"{key_mask.shape[-1]}; is another cache or attention wrapper active?"
+            )
+        return kernels.attention_scores(
+            query[:, :, plan.query_slice],
+            key,
+            scaling=float(scaling),
+            key_mask=key_mask,
+            causal_offset=plan.causal_offset,
+            num_out=plan.num_out,
+            softcap=softcap,
+        )
+
+    def __enter__(self) -> AttentionCapture:
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        for name in self.names:
+            # Whatever ran before (a user's own local override included) keeps running underneath.
+            self._saved[name] = local.get(name)
+            local[name] = self._wrap(name, _registered_function(name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        for name, saved in self._saved.items():
+            if saved is None:
+                local.pop(name, None)
+            else:
+                local[name] = saved
+        self._saved.clear()

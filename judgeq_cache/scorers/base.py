@@ -1,0 +1,93 @@
+"""The scorer interface: one score per prompt entry, per KV head, per layer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..budget import Budget
+
+#: Where a scorer's queries come from.
+#: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);
+#: ``"all"``: every prompt query; ``"appended"``: extra tokens run after prefill (soft tokens, oracle).
+QuerySource = Literal["none", "window", "all", "appended"]
+
+
+@dataclass(kw_only=True)
+class LayerInputs:
+    """What a scorer sees for one layer.
+
+    Attributes
+    ----------
+    layer_idx : int
+    keys, values : Tensor ``[B, Hkv, N, D]``
+        The prompt's post-RoPE keys and values.
+    attention : Tensor ``[B, Hkv, N]`` or None
+        Mean attention of the scorer's queries over the prompt (fp32); None for ``"none"`` scorers.
+    key_mask : bool Tensor ``[B, N]``
+        ``False`` marks padding.
+    budget : int
+        Entries this layer keeps per head.
+    """
+
+    layer_idx: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    attention: torch.Tensor | None
+    key_mask: torch.Tensor
+    budget: int
+
+
+@dataclass(kw_only=True)
+class Scorer(ABC):
+    """Base class: subclasses set ``name`` and ``query_source`` and implement :meth:`score`.
+
+    Parameters
+    ----------
+    pooling_kernel : int
+        Odd window of the smoothing applied to scores before top-k (1 = none).
+    pooling : {"max", "avg"}
+        Smoothing operator.
+    sink_tokens : int
+        First real tokens always kept.
+    recent_tokens : int
+        Last prompt tokens always kept.
+    """
+
+    pooling_kernel: int = 1
+    pooling: str = "max"
+    sink_tokens: int = 0
+    recent_tokens: int = 0
+
+    name: ClassVar[str] = ""
+    query_source: ClassVar[QuerySource] = "none"
+    #: Number of last prompt queries used by ``"window"`` scorers.
+    window_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pooling_kernel < 1 or self.pooling_kernel % 2 == 0:
+            raise ValueError(f"pooling_kernel must be a positive odd number, got {self.pooling_kernel}")
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        if self.sink_tokens < 0 or self.recent_tokens < 0:
+            raise ValueError("sink_tokens and recent_tokens must be >= 0")
+
+    @abstractmethod
+    def score(self, inputs: LayerInputs) -> torch.Tensor:
+        """Importance ``[B, Hkv, N]`` of each prompt entry (higher is kept first)."""
+
+    def protected_counts(self, budget: int) -> tuple[int, int]:
+        """``(sinks, recent)`` entries always kept for a layer keeping ``budget`` entries."""
+        return self.sink_tokens, self.recent_tokens
+
+    def layer_budgets(self, budget: Budget, prompt_length: int, num_layers: int) -> list[int]:
+        """Entries kept per head for each evictable layer (uniform by default)."""
+        return [budget.entries(prompt_length)] * num_layers
+
+    def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Inputs of the tokens run after prefill (``"appended"`` scorers only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no appended tokens")

@@ -1,0 +1,39 @@
+"""Judge Q: trained soft tokens appended after the prompt score it with global information."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..adapter import JudgeQAdapter
+from .attention import AttentionScorer
+from .base import QuerySource
+
+
+@dataclass(kw_only=True)
+class JudgeQScorer(AttentionScorer):
+    """Score = mean attention of the adapter's soft tokens over the prompt, max-pooled.
+
+    The soft tokens run as a second, logits-free forward over the prefilled cache (equivalent to
+    appending them to the prompt); their keys and values are never stored.
+    """
+
+    adapter: JudgeQAdapter | None = field(default=None, repr=False)
+    pooling_kernel: int = 7
+    name: ClassVar[str] = "judgeq"
+    query_source: ClassVar[QuerySource] = "appended"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.adapter, JudgeQAdapter):
+            raise TypeError(
+                "JudgeQScorer needs a JudgeQAdapter: JudgeQAdapter.from_pretrained(path) or "
+                f"JudgeQAdapter.init_for(model), got {type(self.adapter).__name__}"
+            )
+
+    def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
+        embed = model.get_input_embeddings().weight
+        return {"inputs_embeds": self.adapter.embeds_for(batch_size, embed.dtype, embed.device)}

@@ -1,0 +1,285 @@
+"""EvictionCache / JudgeQCache on tiny random models of every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, cache_kwargs, make_model
+from reference import keep_masks, masked_logits, one_pass_soft_attention
+from transformers import DynamicCache
+
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.layers import EvictableLayer
+
+SCORERS = ["judgeq", "snapkv", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
+
+
+def build_cache(model, scorer: str, budget, future_ids=None, **options):
+    if scorer == "judgeq":
+        return JudgeQCache(model, JudgeQAdapter.init_for(model, num_soft_tokens=6, seed=1), budget, **options)
+    if scorer == "oracle":
+        return EvictionCache(model, budget, "oracle", future_ids=future_ids, **options)
+    if scorer == "snapkv" or scorer == "pyramidkv":
+        options.setdefault("window_size", 8)
+        options.setdefault("recent_tokens", 8)
+    return EvictionCache(model, budget, scorer, **options)
+
+
+def prompt(batch=1, length=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 128, (batch, length), generator=gen)
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_budget_at_least_prompt_is_identical_to_dynamic_cache(arch, scorer):
+    model = make_model(arch)
+    ids = prompt()
+    expected = model.generate(
+        ids, max_new_tokens=6, do_sample=False, **cache_kwargs(model, DynamicCache(config=model.config))
+    )
+    cache = build_cache(model, scorer, budget=ids.shape[1] + 5, future_ids=ids[0, :4])
+    got = model.generate(ids, max_new_tokens=6, do_sample=False, **cache_kwargs(model, cache))
+    assert torch.equal(got, expected)
+    assert not cache.kept_indices  # nothing was evicted
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+@pytest.mark.parametrize("budget", [0.5, 7])
+def test_logits_equal_full_cache_with_evicted_entries_masked(arch, scorer, budget):
+    """Compress, then feed a 3-token question and a 1-token step: logits equal the masked reference."""
+    model = make_model(arch)
+    ids = prompt(batch=2, length=36)
+    question, step = prompt(batch=2, length=3, seed=1), prompt(batch=2, length=1, seed=2)
+    cache = build_cache(model, scorer, budget, future_ids=question[0])
+    with torch.no_grad():
+        prefill = model(input_ids=ids, **cache_kwargs(model, cache)).logits
+        got = [model(input_ids=x, **cache_kwargs(model, cache)).logits for x in (question, step)]
+    assert cache.kept_indices, "nothing was evicted"
+    keep = keep_masks(cache.kept_indices, ids.shape[1])
+    expected = masked_logits(model, {"input_ids": ids}, [{"input_ids": question}, {"input_ids": step}], keep)
+    plain = model(input_ids=ids).logits
+    torch.testing.assert_close(prefill, plain, atol=1e-5, rtol=1e-5)  # the scoring pass left the logits alone
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=2e-5, rtol=2e-5)
+
+
+def test_judgeq_two_pass_scores_equal_one_pass_reference(arch):
+    model = make_model(arch)
+    ids = prompt(batch=2, length=30)
+    adapter = JudgeQAdapter.init_for(model, num_soft_tokens=5, seed=3)
+    cache = JudgeQCache(model, adapter, budget=0.5, compress=False)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, cache))
+        two_pass = cache.appended_attention(cache.scorer.appended_inputs(2, model))
+    one_pass = one_pass_soft_attention(model, ids, adapter.rows.detach())
+    assert set(two_pass) == {i for i, layer in enumerate(cache.layers) if isinstance(layer, EvictableLayer)}
+    for layer, scores in two_pass.items():
+        torch.testing.assert_close(scores, one_pass[layer], atol=1e-5, rtol=1e-4)
+    assert cache.get_seq_length() == ids.shape[1]  # soft tokens stored nothing
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.5, 10])
+def test_kv_bytes_shrink_to_kept_fraction_and_order_is_kept(budget):
+    model = make_model("llama")
+    ids = prompt(length=40)
+    full = DynamicCache(config=model.config)
+    model(input_ids=ids, **cache_kwargs(model, full))
+    cache = EvictionCache(model, budget, "snapkv", window_size=8)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, cache))
+    kept = round(budget * 40) if isinstance(budget, float) else budget
+    full_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in full.layers)
+    assert cache.kv_bytes() == full_bytes * kept // 40
+    for layer_idx, idx in cache.kept_indices.items():
+        assert torch.all(idx[..., 1:] > idx[..., :-1]), "kept entries must stay in original order"
+        gathered = full.layers[layer_idx].keys.gather(2, idx[..., None].expand(-1, -1, -1, 16))
+        torch.testing.assert_close(cache.layers[layer_idx].keys, gathered)
+    assert cache.get_seq_length() == 40
+
+
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "streamingllm", "h2o"])
+def test_batched_left_padding_matches_each_row_alone(scorer):
+    model = make_model("llama")
+    rows = [prompt(length=30, seed=5)[0], prompt(length=22, seed=6)[0]]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((2, width), dtype=torch.long)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    budget = 12
+    batched = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        **cache_kwargs(model, build_cache(model, scorer, budget)),
+    )
+    cache = build_cache(model, scorer, budget)
+    model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, **cache_kwargs(model, cache)
+    )
+    for layer_idx, idx in cache.kept_indices.items():
+        pads = width - torch.tensor([len(r) for r in rows])
+        assert torch.all(idx >= pads[:, None, None]), f"layer {layer_idx} kept padding"
+    for i, r in enumerate(rows):
+        alone = model.generate(
+            input_ids=r[None],
+            max_new_tokens=6,
+            do_sample=False,
+            **cache_kwargs(model, build_cache(model, scorer, budget)),
+        )
+        assert torch.equal(batched[i, width:], alone[0, len(r) :]), f"row {i} differs from running it alone"
+
+
+def test_short_row_keeps_all_its_tokens_and_masks_padding():
+    """Budget above a row's real length: all its real tokens are kept, kept padding stays masked."""
+    model = make_model("llama")
+    long, short = prompt(length=30, seed=7)[0], prompt(length=6, seed=8)[0]
+    ids = torch.zeros((2, 30), dtype=torch.long)
+    mask = torch.zeros((2, 30), dtype=torch.long)
+    ids[0], mask[0] = long, 1
+    ids[1, 24:], mask[1, 24:] = short, 1
+    batched = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=5,
+        do_sample=False,
+        **cache_kwargs(model, EvictionCache(model, 10, "streamingllm")),
+    )
+    alone = model.generate(input_ids=short[None], max_new_tokens=5, do_sample=False)
+    assert torch.equal(batched[1, 30:], alone[0, 6:])
+
+
+def test_direct_calls_compress_once_then_questions_continue_positions():
+    """kvpress-style: compress a context with model(...), then ask with explicit and implicit positions."""
+    model = make_model("llama")
+    ctx, question = prompt(length=40), prompt(length=4, seed=9)
+    cache = EvictionCache(model, 0.25, "snapkv", window_size=8)
+    with torch.no_grad():
+        model(input_ids=ctx, **cache_kwargs(model, cache))
+        assert cache.is_compressed and cache.get_seq_length() == 40
+        implicit = model(input_ids=question, **cache_kwargs(model, cache)).logits
+    keep = keep_masks(cache.kept_indices, 40)
+    (expected,) = masked_logits(model, {"input_ids": ctx}, [{"input_ids": question}], keep)
+    torch.testing.assert_close(implicit, expected, atol=2e-5, rtol=2e-5)
+
+    cache2 = EvictionCache(model, 0.25, "snapkv", window_size=8)
+    with torch.no_grad():
+        model(input_ids=ctx, position_ids=torch.arange(40)[None], **cache_kwargs(model, cache2))
+        explicit = model(
+            input_ids=question, position_ids=torch.arange(40, 44)[None], **cache_kwargs(model, cache2)
+        ).logits
+    torch.testing.assert_close(explicit, implicit)
+
+
+def test_generate_on_full_ids_after_compression_slices_by_logical_length():
+    """generate's multi-turn path slices input_ids with get_seq_length(): it must be the logical length."""
+    model = make_model("llama")
+    ctx, question = prompt(length=40), prompt(length=4, seed=9)
+    cache = EvictionCache(model, 0.25, "snapkv", window_size=8)
+    with torch.no_grad():
+        model(input_ids=ctx, **cache_kwargs(model, cache))
+    full_ids = torch.cat([ctx, question], dim=1)
+    out = model.generate(input_ids=full_ids, max_new_tokens=4, do_sample=False, **cache_kwargs(model, cache))
+    assert out.shape[1] == 48
+    assert cache.get_seq_length() == 47
+
+
+def test_multi_turn_generate_reuses_the_compressed_cache():
+    model = make_model("llama")
+    turn1 = prompt(length=40)
+    cache = EvictionCache(model, 0.5, "h2o")
+    out1 = model.generate(turn1, max_new_tokens=4, do_sample=False, **cache_kwargs(model, cache))
+    stored_after_turn1 = cache.layers[0].stored_length
+    turn2 = torch.cat([out1, prompt(length=5, seed=3)], dim=1)
+    out2 = model.generate(turn2, max_new_tokens=4, do_sample=False, **cache_kwargs(model, cache))
+    assert torch.equal(out2[:, : turn2.shape[1]], turn2)
+    assert cache.get_seq_length() == turn2.shape[1] + 3
+    assert (
+        cache.layers[0].stored_length == stored_after_turn1 + 5 + 4
+    )  # turn 2 was appended, not re-compressed
+    # Same answer as a reference that never evicts what the first compression kept.
+    keep = keep_masks(cache.kept_indices, 40)
+    steps = [{"input_ids": out1[:, 40:43]}, {"input_ids": turn2[:, 43:]}]
+    cache_ref = EvictionCache(model, 0.5, "h2o")
+    with torch.no_grad():
+        model(input_ids=turn1, **cache_kwargs(model, cache_ref))
+        got = [model(**s, **cache_kwargs(model, cache_ref)).logits for s in steps]
+    for g, e in zip(got, masked_logits(model, {"input_ids": turn1}, steps, keep)):
+        torch.testing.assert_close(g, e, atol=2e-5, rtol=2e-5)
+
+
+def test_beam_search_and_sampling_run():
+    model = make_model("llama")
+    ids = prompt(batch=2, length=30)
+    beams = model.generate(
+        ids,
+        num_beams=3,
+        max_new_tokens=5,
+        do_sample=False,
+        **cache_kwargs(model, EvictionCache(model, 0.5, "snapkv")),
+    )
+    assert beams.shape == (2, 35)
+    torch.manual_seed(0)
+    sampled = model.generate(
+        ids,
+        do_sample=True,
+        top_k=10,
+        max_new_tokens=5,
+        **cache_kwargs(model, EvictionCache(model, 0.5, "snapkv")),
+    )
+    assert sampled.shape == (2, 35)
+    # Beam search with an unlimited budget equals beam search with a plain cache.
+    plain = model.generate(ids, num_beams=3, max_new_tokens=5, do_sample=False)
+    same = model.generate(
+        ids,
+        num_beams=3,
+        max_new_tokens=5,
+        do_sample=False,
+        **cache_kwargs(model, EvictionCache(model, 1000, "snapkv")),
+    )
+    assert torch.equal(plain, same)
+
+
+def test_sliding_window_layers_are_left_alone():
+    model = make_model("gemma3")
+    ids = prompt(length=40)
+    cache = EvictionCache(model, 0.25, "snapkv", window_size=8)
+    model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    assert sorted(cache.kept_indices) == [1]
+    assert not isinstance(cache.layers[0], EvictableLayer)
+    assert cache.layers[0].keys.shape[-2] == 7  # the sliding window, untouched
+    assert cache.layers[1].stored_length == 10 + 2
+    assert cache.get_seq_length() == 42
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "h2o"])
+def test_dtypes(dtype, scorer):
+    model = make_model("qwen3", attn="sdpa", dtype=dtype)
+    ids = prompt(length=32)
+    plain = model.generate(ids, max_new_tokens=4, do_sample=False)
+    same = model.generate(
+        ids, max_new_tokens=4, do_sample=False, **cache_kwargs(model, build_cache(model, scorer, 64))
+    )
+    assert torch.equal(plain, same)
+    cache = build_cache(model, scorer, 0.25)
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, **cache_kwargs(model, cache))
+    assert out.shape == (1, 36)
+    assert cache.layers[0].keys.dtype == dtype
+
+
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_sdpa_matches_eager_eviction(arch_name):
+    """Scores come from captured queries, not from the attention backend: both pick the same entries."""
+    ids = prompt(length=32)
+    kept = []
+    for attn in ("eager", "sdpa"):
+        model = make_model(arch_name, attn=attn)
+        cache = build_cache(model, "judgeq", 0.25)
+        with torch.no_grad():
+            model(input_ids=ids, **cache_kwargs(model, cache))
+        kept.append(cache.kept_indices)
+    for layer in kept[0]:
+        assert torch.equal(kept[0][layer], kept[1][layer])

@@ -1,0 +1,130 @@
+"""SharedPrefill: prefill a prompt once, then compress copies of it with many scorers and budgets.
+
+Comparisons (the evaluation harness, notebooks) run every method on the same sample; the prefill is
+the expensive part and is identical for all of them, so it runs once. The prompt queries that
+``"window"`` and ``"all"`` scorers need are captured during that one prefill; ``"appended"``
+scorers (Judge Q, oracle) run their short pass on each copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .cache import EvictionCache
+from .capture import AttentionCapture, QueryPlan
+from .scorers import Scorer, make_scorer
+
+
+class SharedPrefill:
+    """One prefill of ``input_ids`` whose KV and captured attention serve many :meth:`cache` calls.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+    input_ids : LongTensor ``[B, N]``
+    attention_mask : Tensor ``[B, N]``, optional
+    window_size : int
+        Last-window size captured for SnapKV/PyramidKV (their default is 32).
+    all_queries : bool
+        Also capture every prompt query's attention (for H2O; costs one extra attention computation).
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        window_size: int = 32,
+        all_queries: bool = True,
+    ) -> None:
+        self.model = model
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        self.window_size = min(window_size, input_ids.shape[1])
+        self._base = EvictionCache(model, 1, "random", compress=False)
+        n = input_ids.shape[1]
+        layers = frozenset(self._base._evictable)
+        mask = None if attention_mask is None else attention_mask.bool()
+        window = AttentionCapture(
+            self._base._attn_names, QueryPlan(slice(n - self.window_size, None), n - self.window_size, n, mask, layers)
+        )
+        everything = AttentionCapture(self._base._attn_names, QueryPlan(slice(None), 0, n, mask, layers))
+        with window, (everything if all_queries else contextlib.nullcontext()):
+            self.outputs = model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{self._base._cache_kwarg: self._base}
+            )
+        self.attention = {"window": window.scores, "all": everything.scores if all_queries else None}
+
+    @property
+    def prompt_length(self) -> int:
+        return self._base.prompt_length
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The prefill's logits (``[B, N, vocab]``): the first answer token comes from ``logits[:, -1]``."""
+        return self.outputs.logits
+
+    def full_cache(self) -> EvictionCache:
+        """An uncompressed copy (the full-cache baseline)."""
+        cache = EvictionCache(self.model, 1, "random", compress=False)
+        self._copy_into(cache)
+        cache._compressed = True  # nothing more to do: later forwards append
+        return cache
+
+    @torch.no_grad()
+    def cache(self, budget: int | float, scorer: str | Scorer = "snapkv", **options: Any) -> EvictionCache:
+        """A compressed copy of the prefilled cache, ready for decoding."""
+        scorer = make_scorer(scorer, **options)
+        cache = EvictionCache(self.model, budget, scorer, compress=False)
+        self._copy_into(cache)
+        attention = None
+        if scorer.query_source == "window":
+            if min(scorer.window_size, self.prompt_length) != self.window_size:
+                raise ValueError(
+                    f"{scorer.name} uses a {scorer.window_size}-query window but this prefill captured "
+                    f"{self.window_size}; pass window_size={scorer.window_size} to SharedPrefill"
+                )
+            attention = self.attention["window"]
+        elif scorer.query_source == "all":
+            attention = self.attention["all"]
+            if attention is None:
+                raise ValueError(f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)")
+        cache.compress(attention)
+        return cache
+
+    @torch.no_grad()
+    def generate(self, cache: EvictionCache, max_new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
+        """Greedy answer ``[B, T]`` from a cache made by :meth:`cache` or :meth:`full_cache`.
+
+        The first token comes from the shared prefill's logits; ``generate`` then sees the prompt plus
+        that token, slices off what the cache already holds (its logical length) and decodes on.
+        """
+        first = self.logits[:, -1:].argmax(-1)
+        if max_new_tokens <= 1:
+            return first
+        ids = torch.cat([self.input_ids, first], dim=1)
+        mask = None if self.attention_mask is None else torch.cat([self.attention_mask, torch.ones_like(first)], 1)
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens - 1,
+            do_sample=False,
+            **{self._base._cache_kwarg: cache},
+            **generate_kwargs,
+        )
+        return out[:, self.input_ids.shape[1] :]
+
+    def _copy_into(self, cache: EvictionCache) -> None:
+        cache.layers = [copy.copy(layer) for layer in self._base.layers]
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None:
+                layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+        cache._prefill = self._base._prefill
+        cache.prompt_length = self._base.prompt_length

@@ -1,0 +1,50 @@
+"""SharedPrefill gives every scorer exactly what its own prefill would have."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import cache_kwargs, make_model
+
+from judgeq_cache import EvictionCache, JudgeQAdapter
+from judgeq_cache.prefill import SharedPrefill
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_shared_prefill_matches_a_dedicated_prefill_for_every_scorer(arch):
+    model = make_model(arch)
+    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    shared = SharedPrefill(model, ids, window_size=8)
+    adapter = JudgeQAdapter.init_for(model, 4)
+    cases = [
+        ("snapkv", {"window_size": 8}),
+        ("pyramidkv", {"window_size": 8}),
+        ("h2o", {}),
+        ("streamingllm", {}),
+        ("random", {}),
+        ("judgeq", {"adapter": adapter}),
+        ("oracle", {"future_ids": ids[0, :5]}),
+    ]
+    for scorer, options in cases:
+        got = shared.cache(0.25, scorer, **options)
+        expected = EvictionCache(model, 0.25, scorer, **options)
+        with torch.no_grad():
+            model(input_ids=ids, **cache_kwargs(model, expected))
+        assert got.kept_indices.keys() == expected.kept_indices.keys()
+        for layer in expected.kept_indices:
+            assert torch.equal(got.kept_indices[layer], expected.kept_indices[layer]), (scorer, layer)
+        a = shared.generate(got, max_new_tokens=4)
+        expected = EvictionCache(model, 0.25, scorer, **options)
+        b = model.generate(ids, max_new_tokens=4, do_sample=False, **cache_kwargs(model, expected))
+        assert torch.equal(a, b[:, 40:]), scorer
+    full = shared.generate(shared.full_cache(), max_new_tokens=4)
+    assert torch.equal(full, model.generate(ids, max_new_tokens=4, do_sample=False)[:, 40:])
+
+
+def test_window_mismatch_is_a_clear_error():
+    model = make_model("llama")
+    shared = SharedPrefill(model, torch.randint(3, 128, (1, 40)), window_size=8, all_queries=False)
+    with pytest.raises(ValueError, match="window_size=32"):
+        shared.cache(0.5, "snapkv")
+    with pytest.raises(ValueError, match="all_queries=True"):
+        shared.cache(0.5, "h2o")

@@ -53,12 +53,16 @@ class SharedPrefill:
         layers = frozenset(self._base._evictable)
         mask = None if attention_mask is None else attention_mask.bool()
         window = AttentionCapture(
-            self._base._attn_names, QueryPlan(slice(n - self.window_size, None), n - self.window_size, n, mask, layers)
+            self._base._attn_names,
+            QueryPlan(slice(n - self.window_size, None), n - self.window_size, n, mask, layers),
         )
         everything = AttentionCapture(self._base._attn_names, QueryPlan(slice(None), 0, n, mask, layers))
-        with window, (everything if all_queries else contextlib.nullcontext()):
+        with window, everything if all_queries else contextlib.nullcontext():
             self.outputs = model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{self._base._cache_kwarg: self._base}
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self._base._cache_kwarg: self._base},
             )
         self.attention = {"window": window.scores, "all": everything.scores if all_queries else None}
 
@@ -95,7 +99,9 @@ class SharedPrefill:
         elif scorer.query_source == "all":
             attention = self.attention["all"]
             if attention is None:
-                raise ValueError(f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)")
+                raise ValueError(
+                    f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)"
+                )
         cache.compress(attention)
         return cache
 
@@ -110,7 +116,11 @@ class SharedPrefill:
         if max_new_tokens <= 1:
             return first
         ids = torch.cat([self.input_ids, first], dim=1)
-        mask = None if self.attention_mask is None else torch.cat([self.attention_mask, torch.ones_like(first)], 1)
+        mask = (
+            None
+            if self.attention_mask is None
+            else torch.cat([self.attention_mask, torch.ones_like(first)], 1)
+        )
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,

@@ -1,0 +1,106 @@
+"""Bad input gets a clear error that names the fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import cache_kwargs, make_model
+from torch import nn
+
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model("llama")
+
+
+@pytest.mark.parametrize("budget", [0, -3, 0.0, 1.0, 1.5, math.nan, -0.2])
+def test_bad_budgets_raise_value_error(model, budget):
+    with pytest.raises(ValueError, match="budget"):
+        EvictionCache(model, budget)
+
+
+@pytest.mark.parametrize("budget", ["512", None, True, [1]])
+def test_budget_of_wrong_type_raises_type_error(model, budget):
+    with pytest.raises(TypeError, match="budget must be an int"):
+        EvictionCache(model, budget)
+
+
+def test_unknown_scorer(model):
+    with pytest.raises(ValueError, match="unknown scorer 'snapk'"):
+        EvictionCache(model, 8, "snapk")
+
+
+def test_adapter_for_another_hidden_size(model):
+    other = make_model("llama", num_heads=2, num_kv_heads=1)  # hidden 32, model hidden 64
+    adapter = JudgeQAdapter.init_for(other, 4)
+    with pytest.raises(ValueError, match="hidden size 32 .* 64 wide"):
+        JudgeQCache(model, adapter, 8)
+
+
+def test_judgeq_cache_needs_an_adapter(model):
+    with pytest.raises(TypeError, match="JudgeQAdapter"):
+        JudgeQCache(model, torch.zeros(4, 64), 8)
+
+
+def test_model_without_standard_attention():
+    class Plain(nn.Module):
+        config = None
+
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        EvictionCache(Plain(), 8)
+
+    model = make_model("llama")
+    for layer in model.model.layers:  # hide the standard attention modules
+        layer.self_attn.layer_idx = None
+    with pytest.raises(TypeError, match="standard attention"):
+        EvictionCache(model, 8)
+
+
+def test_empty_prompt(model):
+    cache = EvictionCache(model, 8)
+    with pytest.raises(ValueError, match="empty prompt"):
+        model(input_ids=torch.zeros((1, 0), dtype=torch.long), **cache_kwargs(model, cache))
+
+
+def test_four_d_mask_is_rejected_with_the_fix(model):
+    cache = EvictionCache(model, 8)
+    ids = torch.randint(3, 128, (1, 12))
+    with pytest.raises(ValueError, match="2-D attention_mask"):
+        model(input_ids=ids, attention_mask=torch.ones(1, 1, 12, 12), **cache_kwargs(model, cache))
+
+
+def test_budget_larger_than_prompt_keeps_everything(model):
+    cache = EvictionCache(model, 10_000)
+    ids = torch.randint(3, 128, (1, 12))
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, cache))
+    assert cache.is_compressed and not cache.kept_indices
+    assert cache.layers[0].stored_length == 12
+
+
+def test_oracle_without_future_tokens(model):
+    cache = EvictionCache(model, 4, "oracle")
+    with pytest.raises(ValueError, match="future_ids"):
+        model(input_ids=torch.randint(3, 128, (1, 12)), **cache_kwargs(model, cache))
+
+
+def test_bad_scorer_options(model):
+    with pytest.raises(ValueError, match="pooling_kernel"):
+        EvictionCache(model, 4, "snapkv", pooling_kernel=4)
+    with pytest.raises(TypeError):
+        EvictionCache(model, 4, "snapkv", windw_size=3)
+
+
+def test_crop_cannot_recover_evicted_entries(model):
+    cache = EvictionCache(model, 4, "streamingllm")
+    with torch.no_grad():
+        model(input_ids=torch.randint(3, 128, (1, 12)), **cache_kwargs(model, cache))
+        model(input_ids=torch.randint(3, 128, (1, 3)), **cache_kwargs(model, cache))
+    cache.crop(-2)
+    assert cache.get_seq_length() == 13 and cache.layers[0].stored_length == 5
+    with pytest.raises(ValueError, match="compressed"):
+        cache.crop(-5)

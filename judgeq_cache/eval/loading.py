@@ -1,0 +1,81 @@
+"""Model, adapter and sample loading shared by ``judgeq eval`` and ``judgeq demo``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..adapter import JudgeQAdapter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BUNDLED_ADAPTER", "load_adapter", "load_eval_model", "load_samples"]
+
+#: The adapter trained for the embedded model (repository checkout or installed package data).
+BUNDLED_ADAPTER = "smollm2-135m-instruct"
+_ADAPTER_DIRS = (
+    Path(__file__).resolve().parents[2] / "adapters",
+    Path(__file__).resolve().parents[1] / "adapters",
+)
+
+
+def load_eval_model(name: str = "embedded", dtype=None):
+    """``(model, tokenizer)``: ``"embedded"`` = SmolLM2-135M-Instruct offline, else a Hub id or path."""
+    import torch
+
+    from .. import models
+
+    dtype = dtype or torch.float32
+    if name in ("embedded", "smollm2", "smollm2-135m-instruct"):
+        if not models.is_embedded_model_available():
+            logger.info(
+                "first use: converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (~30 s, once)"
+            )
+        return models.load_embedded_model(dtype=dtype)
+    return models.load_model(name, dtype=dtype)
+
+
+def _find_bundled(name: str) -> Path | None:
+    for root in _ADAPTER_DIRS:
+        path = root / name
+        if path.is_dir() and any(path.glob("*.safetensors")):
+            return path
+    return None
+
+
+def load_adapter(model, path: str | None = None) -> tuple[JudgeQAdapter, str]:
+    """``(adapter, label)``. ``path`` (a directory or Hub id), else the bundled adapter for the
+    embedded model, else a fresh ``JudgeQAdapter.init_for(model)`` labelled "untrained adapter"."""
+    if path:
+        return JudgeQAdapter.from_pretrained(path), str(path)
+    bundled = _find_bundled(BUNDLED_ADAPTER)
+    name = (getattr(model.config, "_name_or_path", "") or "").lower()
+    if bundled is not None and "smollm2-135m" in name:
+        return JudgeQAdapter.from_pretrained(str(bundled)), f"bundled {BUNDLED_ADAPTER}"
+    logger.warning("no trained Judge Q adapter found: using an UNTRAINED adapter (JudgeQAdapter.init_for)")
+    return JudgeQAdapter.init_for(model), "untrained adapter"
+
+
+def load_samples(
+    spec: str,
+    num_samples: int,
+    length: int,
+    tokenizer,
+    *,
+    seed: int = 0,
+    corpus: str = "moby_dick",
+    data_dir: str | None = None,
+):
+    """Samples for ``spec``: a synthetic task name, ``longbench:<dataset>`` or ``ruler:<task>``
+    (``data_dir`` holds local JSONL files ``<dataset>.jsonl``; without it, the Hub via ``datasets``)."""
+    if spec.startswith("longbench:"):
+        from .longbench import load_longbench
+
+        return load_longbench(spec.split(":", 1)[1], data_dir=data_dir, limit=num_samples)
+    if spec.startswith("ruler:"):
+        from .ruler import load_ruler
+
+        return load_ruler(spec.split(":", 1)[1], data_dir=data_dir, limit=num_samples)
+    from .tasks import make_samples
+
+    return make_samples(spec, num_samples, length, tokenizer, seed=seed, corpus=corpus)

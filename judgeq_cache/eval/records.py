@@ -1,0 +1,93 @@
+"""Result records: one JSON line per sample x method x budget x setting, shared by both runners."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Record", "append_record", "budget_label", "parse_budget", "read_records", "record_key"]
+
+
+@dataclass
+class Record:
+    """One evaluated answer.
+
+    ``budget`` is the label (``"25%"``, ``"256"`` or ``"full"``); ``kept_fraction`` the measured
+    mean fraction of the compressed prompt's entries kept; ``seconds`` covers prefill, compression
+    and decoding of this answer (prefill is shared by our methods and counted in each);
+    ``hit_rate`` is the critical-KV hit rate against the oracle (None where not measurable).
+    """
+
+    task: str
+    index: int
+    setting: str
+    method: str
+    budget: str
+    source: str
+    answer: str
+    references: list[str]
+    score: float
+    kept_fraction: float
+    kv_bytes: int
+    seconds: float
+    prompt_tokens: int
+    hit_rate: float | None = None
+    model: str = ""
+    adapter: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, str, str, str]:
+        return record_key(self.task, self.index, self.setting, self.method, self.budget)
+
+
+def record_key(
+    task: str, index: int, setting: str, method: str, budget: str
+) -> tuple[str, int, str, str, str]:
+    """The identity of a result line (what ``--resume`` skips)."""
+    return (task, int(index), setting, method, budget)
+
+
+def parse_budget(text: str | int | float) -> int | float:
+    """``"0.25"`` / ``"25%"`` -> 0.25 (kept fraction); ``"256"`` -> 256 (entries per head)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    text = str(text).strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    value = float(text)
+    if value.is_integer() and value >= 1:
+        return int(value)
+    if not 0 < value < 1:
+        raise ValueError(f"budget {text!r}: use a kept fraction in (0, 1) or an entry count >= 1")
+    return value
+
+
+def budget_label(budget: int | float) -> str:
+    """``0.25`` -> ``"25%"``, ``256`` -> ``"256"``."""
+    return f"{budget * 100:g}%" if isinstance(budget, float) else str(budget)
+
+
+def read_records(*paths: str | os.PathLike) -> list[Record]:
+    """All records in the JSONL files ``paths`` (missing files are skipped; later duplicates win)."""
+    by_key: dict[tuple, Record] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = Record(**json.loads(line))
+                by_key[record.key] = record
+    return list(by_key.values())
+
+
+def append_record(path: str | os.PathLike, record: Record) -> None:
+    """Append one line (flushed, so an interrupted run can ``--resume``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(asdict(record)) + "\n")

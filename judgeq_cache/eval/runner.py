@@ -1,0 +1,226 @@
+"""Evaluate our scorers side by side: one shared prefill per sample and setting, every method and
+budget decoded from a compressed copy of it, one JSONL line per answer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapter import JudgeQAdapter
+from ..cache import EvictionCache
+from ..hitrate import hit_rate
+from ..prefill import SharedPrefill
+from .metrics import score
+from .prompts import Prompt, build_prompt
+from .records import Record, append_record, budget_label, read_records, record_key
+from .tasks import Sample
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "cache_kwarg", "decode_answer", "eos_ids", "evaluate", "kept_fraction"]
+
+#: Our methods and the scorer options the harness uses for them ("full" = no eviction).
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "judgeq": {},
+    "snapkv": {"window_size": 32},
+    "pyramidkv": {"window_size": 32},
+    "h2o": {},
+    "streamingllm": {},
+    "random": {},
+}
+
+
+def cache_kwarg(model) -> str:
+    """``"cache"`` on transformers >= 5.24, ``"past_key_values"`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def decode_answer(tokenizer, ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, str]:
+    """Cut ``ids`` (``[T]``) at the first stop token; return the kept ids and their text."""
+    ids = ids.flatten()
+    for i, t in enumerate(ids.tolist()):
+        if t in stop:
+            ids = ids[:i]
+            break
+    return ids, tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def kept_fraction(cache: EvictionCache, prompt_length: int) -> float:
+    """Mean fraction of the compressed prompt kept over the evictable layers."""
+    if not cache.kept_indices:
+        return 1.0
+    evictable = cache._evictable
+    kept = [
+        cache.kept_indices[i].shape[-1] / prompt_length if i in cache.kept_indices else 1.0 for i in evictable
+    ]
+    return sum(kept) / len(kept)
+
+
+def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tokens: int) -> torch.Tensor:
+    if prompt.appended.shape[1] == 0:
+        return shared.generate(cache, max_new_tokens)[0]
+    ids = prompt.input_ids
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=model.generation_config.pad_token_id or 0,
+        **{cache_kwarg(model): cache},
+    )
+    return out[0, ids.shape[1] :]
+
+
+def _method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None):
+    if method == "full":
+        return shared.full_cache()
+    options = dict(METHODS.get(method, {}))
+    if method == "judgeq":
+        if adapter is None:
+            raise ValueError("the judgeq method needs an adapter")
+        options["adapter"] = adapter
+    return shared.cache(budget, method, **options)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    samples: Sequence[Sample],
+    *,
+    settings: Iterable[str],
+    methods: Iterable[str],
+    budgets: Iterable[int | float],
+    adapter: JudgeQAdapter | None = None,
+    adapter_label: str = "",
+    output: str | os.PathLike | None = None,
+    resume: bool = False,
+    with_hit_rate: bool = True,
+    progress: bool = True,
+) -> Iterator[Record]:
+    """Run ``methods`` x ``budgets`` on every sample in every setting; yield (and append) records.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal LM and its tokenizer.
+    samples
+        From :func:`~judgeq_cache.eval.tasks.make_samples` or a benchmark loader.
+    settings
+        Names from :data:`~judgeq_cache.eval.prompts.SETTINGS`.
+    methods
+        Names from :data:`METHODS` (``"full"`` is decoded once per sample and setting).
+    budgets
+        Kept fractions (float) or entries per KV head (int).
+    adapter
+        The Judge Q adapter (needed for ``"judgeq"``); ``adapter_label`` is stored with each record.
+    output
+        JSONL file the records are appended to.
+    resume
+        Skip records whose key is already in ``output``.
+    with_hit_rate
+        Also compute the critical-KV hit rate against the oracle (the full cache's own answer).
+    """
+    settings, methods, budgets = list(settings), list(methods), list(budgets)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+    done = {r.key for r in read_records(output)} if resume and output is not None else set()
+    stop = eos_ids(model, tokenizer)
+    model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    jobs = [(s, setting) for s in samples for setting in settings]
+    for sample, setting in tqdm(jobs, desc="eval", unit="prompt", disable=not progress):
+        wanted = [
+            (m, b)
+            for m in methods
+            for b in ([None] if m == "full" else budgets)
+            if record_key(sample.task, sample.index, setting, m, "full" if b is None else budget_label(b))
+            not in done
+        ]
+        if not wanted:
+            continue
+        prompt = build_prompt(tokenizer, sample, setting)
+        n = prompt.compressed.shape[1]
+        start = time.perf_counter()
+        shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries="h2o" in methods)
+        prefill_seconds = time.perf_counter() - start
+        full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
+        if with_hit_rate or any(m == "full" for m, _ in wanted):
+            full = _decode(model, shared, "full", None, adapter, prompt, sample)
+        critical = _critical(shared, prompt, full[0], budgets, stop, tokenizer) if with_hit_rate else {}
+        for method, budget in wanted:
+            if method == "full":
+                ids, kv_bytes, cache, seconds = full
+            else:
+                ids, kv_bytes, cache, seconds = _decode(
+                    model, shared, method, budget, adapter, prompt, sample
+                )
+            seconds += prefill_seconds
+            _, text = decode_answer(tokenizer, ids, stop)
+            hit = None
+            if method != "full" and budget in critical:
+                hit = hit_rate(cache.kept_indices, critical[budget])
+            record = Record(
+                task=sample.task,
+                index=sample.index,
+                setting=setting,
+                method=method,
+                budget="full" if budget is None else budget_label(budget),
+                source="judgeq_cache",
+                answer=text,
+                references=list(sample.answers),
+                score=score(sample.metric, text, sample.answers, **sample.meta.get("metric_kwargs", {})),
+                kept_fraction=1.0 if method == "full" else kept_fraction(cache, n),
+                kv_bytes=kv_bytes,
+                seconds=seconds,
+                prompt_tokens=n,
+                hit_rate=hit,
+                model=model_name,
+                adapter=adapter_label if method == "judgeq" else "",
+                extra={"prefill_seconds": prefill_seconds},
+            )
+            if output is not None:
+                append_record(output, record)
+            yield record
+
+
+def _decode(model, shared, method, budget, adapter, prompt, sample):
+    """``(answer ids, kv bytes after compression, cache, seconds)`` of one method at one budget."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        cache = _method_cache(shared, method, budget, adapter)
+        kv_bytes = cache.kv_bytes()
+        ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)
+    return ids, kv_bytes, cache, time.perf_counter() - start
+
+
+def _critical(shared, prompt, full_ids, budgets, stop, tokenizer) -> dict[Any, dict[int, torch.Tensor]]:
+    """Oracle kept indices per budget: the entries the full cache's own continuation (appended
+    question, if any, plus its greedy answer) attends to most."""
+    ids, _ = decode_answer(tokenizer, full_ids, stop)
+    future = torch.cat([prompt.appended[0], ids])
+    if future.numel() == 0:
+        return {}
+    out = {}
+    for budget in budgets:
+        oracle = shared.cache(budget, "oracle", future_ids=future)
+        if oracle.kept_indices:
+            out[budget] = oracle.kept_indices
+    return out

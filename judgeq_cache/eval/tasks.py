@@ -1,0 +1,414 @@
+"""Synthetic long-context tasks (RULER-style) over the bundled public-domain text.
+
+Every sample is seeded and deterministic: the same ``(task, index, length, seed, corpus)`` gives the
+same text on every machine. ``length`` is the target size of the context in *model tokens* (measured
+with the tokenizer you pass).
+
+The embedded SmolLM2-135M model retrieves exact strings reliably but cannot tell apart several
+needles written in the same sentence pattern, so distractor needles use *other relations* (code
+words, room numbers, ...), multiple values share one sentence, and answers get enough new tokens.
+``kv_retrieval`` and ``common_words`` keep RULER's literal formats: small models usually fail them
+even with the full cache, and the report marks such tasks as measuring nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import corpus_paragraphs
+
+__all__ = ["TASKS", "Sample", "make_samples"]
+
+#: Words used for needle keys and code words (short, common, one or two tokens each).
+_ADJECTIVES = [
+    "amber",
+    "silent",
+    "crimson",
+    "hollow",
+    "gentle",
+    "frozen",
+    "golden",
+    "rapid",
+    "quiet",
+    "bitter",
+    "distant",
+    "ancient",
+    "brave",
+    "narrow",
+    "velvet",
+    "hidden",
+    "lucky",
+    "stormy",
+    "wooden",
+    "silver",
+]
+_NOUNS = [
+    "harbor",
+    "lantern",
+    "meadow",
+    "falcon",
+    "orchard",
+    "compass",
+    "glacier",
+    "willow",
+    "canyon",
+    "beacon",
+    "thimble",
+    "anchor",
+    "violin",
+    "pepper",
+    "castle",
+    "ribbon",
+    "tunnel",
+    "saddle",
+    "mirror",
+    "garden",
+]
+_CODE_WORDS = [
+    "pineapple",
+    "tornado",
+    "marble",
+    "kangaroo",
+    "saxophone",
+    "volcano",
+    "umbrella",
+    "lighthouse",
+    "avalanche",
+    "cinnamon",
+    "dolphin",
+    "telescope",
+    "hurricane",
+    "pyramid",
+    "sapphire",
+    "walrus",
+    "trombone",
+    "cactus",
+]
+_CITIES = [
+    "Lisbon",
+    "Nairobi",
+    "Oslo",
+    "Lima",
+    "Kyoto",
+    "Dublin",
+    "Cairo",
+    "Quito",
+    "Hanoi",
+    "Perth",
+    "Tunis",
+    "Riga",
+]
+
+
+@dataclass
+class Sample:
+    """One evaluation example.
+
+    Attributes
+    ----------
+    task : str
+    index : int
+    context : str
+        The long text (compressed in every setting).
+    question : str
+        The query (after the context, or before it in the question-first setting).
+    answers : list[str]
+        Reference strings.
+    instruction : str
+        Text before the context (task description without the query).
+    answer_prefix : str
+        Start of the assistant turn (never contains the query, so question-first stays honest).
+    metric : str
+        Name in :data:`judgeq_cache.eval.metrics.METRICS`.
+    max_new_tokens : int
+    meta : dict
+    """
+
+    task: str
+    index: int
+    context: str
+    question: str
+    answers: list[str]
+    instruction: str = ""
+    answer_prefix: str = ""
+    metric: str = "string_match_all"
+    max_new_tokens: int = 24
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.task}/{self.index}"
+
+
+class _Builder:
+    """Fills a context to ``length`` tokens with corpus paragraphs and inserts needles at depths."""
+
+    def __init__(self, tokenizer, corpus: str, rng: random.Random):
+        self.tokenizer = tokenizer
+        self.paragraphs = corpus_paragraphs(corpus)
+        self.rng = rng
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def haystack(self, budget: int) -> list[str]:
+        """Consecutive paragraphs from a seeded start, cut to about ``budget`` tokens."""
+        out: list[str] = []
+        used = 0
+        start = self.rng.randrange(len(self.paragraphs))
+        i = start
+        while used < budget:
+            para = self.paragraphs[i % len(self.paragraphs)]
+            n = self.count(para) + 1
+            if used + n > budget:
+                words = para.split()
+                keep = max(1, int(len(words) * (budget - used) / n))
+                para = " ".join(words[:keep])
+                n = self.count(para) + 1
+            out.append(para)
+            used += n
+            i += 1
+            if i - start > len(self.paragraphs):
+                break
+        return out
+
+    def with_needles(self, length: int, needles: list[str], depths: list[float] | None = None) -> str:
+        """Haystack of ``length`` tokens in total with ``needles`` inserted between paragraphs."""
+        needle_tokens = sum(self.count(n) + 1 for n in needles)
+        paras = self.haystack(max(1, length - needle_tokens))
+        if depths is None:
+            depths = sorted(self.rng.uniform(0.05, 0.95) for _ in needles)
+        slots = [min(len(paras), round(d * len(paras))) for d in depths]
+        for slot, needle in sorted(zip(slots, needles), key=lambda p: -p[0]):
+            paras.insert(slot, needle)
+        return "\n".join(paras)
+
+
+def _key(rng: random.Random) -> str:
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+
+
+def _distinct_keys(rng: random.Random, n: int) -> list[str]:
+    keys: list[str] = []
+    while len(keys) < n:
+        k = _key(rng)
+        if k not in keys:
+            keys.append(k)
+    return keys
+
+
+def _number(rng: random.Random, digits: int = 7) -> str:
+    return str(rng.randrange(10 ** (digits - 1), 10**digits))
+
+
+_NEEDLE_INSTRUCTION = (
+    "Some special magic numbers and code words are hidden within the following text. "
+    "Make sure to memorize them. I will quiz you about them afterwards."
+)
+
+
+def _magic(key: str, value: str) -> str:
+    return f"The special magic number for {key} is: {value}."
+
+
+def _distractors(rng: random.Random, keys: list[str]) -> list[str]:
+    """Needles with other relations than "special magic number" (the model can tell them apart)."""
+    forms = [
+        lambda k: f"The secret code word of {k} is {rng.choice(_CODE_WORDS)}.",
+        lambda k: f"The hotel room of {k} is room {_number(rng, 3)}.",
+        lambda k: f"The home town of {k} is {rng.choice(_CITIES)}.",
+    ]
+    return [forms[i % len(forms)](k) for i, k in enumerate(keys)]
+
+
+def needle_single(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
+    key, value = _key(rng), _number(rng)
+    return dict(
+        context=b.with_needles(length, [_magic(key, value)]),
+        question=f"What is the special magic number for {key} mentioned in the provided text?",
+        answers=[value],
+        instruction=_NEEDLE_INSTRUCTION,
+        answer_prefix="The special magic number is",
+        max_new_tokens=16,
+        meta={"key": key},
+    )
+
+
+def needle_multikey(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
+    keys = _distinct_keys(rng, 4)
+    value = _number(rng)
+    needles = [_magic(keys[0], value), *_distractors(rng, keys[1:])]
+    rng.shuffle(needles)
+    return dict(
+        context=b.with_needles(length, needles),
+        question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
+        answers=[value],
+        instruction=_NEEDLE_INSTRUCTION,
+        answer_prefix="The special magic number is",
+        max_new_tokens=16,
+        meta={"key": keys[0], "distractor_keys": keys[1:]},
+    )
+
+
+def needle_multivalue(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
+    key = _key(rng)
+    values = [_number(rng) for _ in range(4)]
+    needle = f"The special magic numbers for {key} are: {', '.join(values[:-1])} and {values[-1]}."
+    return dict(
+        context=b.with_needles(length, [needle]),
+        question=f"What are all the special magic numbers for {key} mentioned in the provided text?",
+        answers=values,
+        instruction=_NEEDLE_INSTRUCTION,
+        answer_prefix="The special magic numbers are",
+        max_new_tokens=48,
+        meta={"key": key},
+    )
+
+
+def needle_multiquery(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
+    k1, k2 = _distinct_keys(rng, 2)
+    number, word = _number(rng), rng.choice(_CODE_WORDS)
+    needles = [_magic(k1, number), f"The secret code word of {k2} is {word}."]
+    return dict(
+        context=b.with_needles(length, needles),
+        question=(
+            f"What is the special magic number for {k1} and what is the secret code word of {k2} "
+            "mentioned in the provided text?"
+        ),
+        answers=[number, word],
+        instruction=_NEEDLE_INSTRUCTION,
+        answer_prefix="The special magic number and the secret code word are",
+        max_new_tokens=40,
+        meta={"keys": [k1, k2]},
+    )
+
+
+def _uuid(rng: random.Random) -> str:
+    h = "".join(rng.choice("0123456789abcdef") for _ in range(32))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def kv_retrieval(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
+    """RULER's key-value retrieval: a JSON object of UUID keys and values; no prose."""
+    pairs: list[tuple[str, str]] = []
+    text = "{}"
+    while True:
+        pairs.append((_uuid(rng), _uuid(rng)))
+        candidate = "{" + ", ".join(f'"{k}": "{v}"' for k, v in pairs) + "}"
+        if b.count(candidate) > length and len(pairs) > 1:
+            pairs.pop()
+            break
+        text = candidate
+    key, value = pairs[rng.randrange(len(pairs))]
+    return dict(
+        context="JSON data:\n" + text,
+        question=f'What is the value associated with the key "{key}" in the JSON object above?',
+        answers=[value],
+        instruction="Extract the value corresponding to the specified key in the JSON object below.",
+        answer_prefix="The value associated with the key is",
+        max_new_tokens=40,
+        meta={"pairs": len(pairs)},
+    )
+
+
+def variable_tracking(b: _Builder, rng: random.Random, length: int, hops: int = 3) -> dict[str, Any]:
+    """RULER's variable tracking: ``VAR X = 12345`` then ``VAR Y = VAR X`` ... spread over the text."""
+    names: list[str] = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
+        if name not in names:
+            names.append(name)
+    value = _number(rng, 5)
+    chain = [f"VAR {names[0]} = {value}."] + [
+        f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, hops + 1)
+    ]
+    depths = sorted(rng.uniform(0.05, 0.95) for _ in chain)
+    return dict(
+        context=b.with_needles(length, chain, depths),
+        question=f"Find all variables that are assigned the value {value} in the text above.",
+        answers=names,
+        instruction="Memorize and track the chain(s) of variable assignment hidden in the following text.",
+        answer_prefix="The variables assigned that value are:",
+        max_new_tokens=40,
+        meta={"value": value},
+    )
+
+
+def common_words(b: _Builder, rng: random.Random, length: int, num_common: int = 10) -> dict[str, Any]:
+    """RULER's common-words extraction: a numbered word list where ``num_common`` words repeat."""
+    vocab = sorted(
+        {w.strip(string.punctuation).lower() for p in b.paragraphs[:400] for w in p.split()} - {""}
+    )
+    vocab = [w for w in vocab if w.isalpha() and len(w) > 3]
+    chosen = rng.sample(vocab, len(vocab))
+    common, rare = chosen[:num_common], chosen[num_common:]
+    probe = "\n".join(f"{i + 101}. {w}" for i, w in enumerate(chosen[:50]))
+    per_item = (b.count(probe) + 1) / 50
+    total = max(4 * num_common, int(length / per_item))
+    reps = max(3, total // (3 * num_common))
+    words = [w for w in common for _ in range(reps)]
+    words += rare[: max(0, total - len(words))]
+    rng.shuffle(words)
+    return dict(
+        context="\n".join(f"{i + 1}. {w}" for i, w in enumerate(words)),
+        question=f"What are the {num_common} most common words in the above list?",
+        answers=common,
+        instruction="Below is a numbered list of words. In these words, some appear more often than others.",
+        answer_prefix="The most common words are:",
+        max_new_tokens=64,
+        meta={"repeats": reps},
+    )
+
+
+#: Task name -> generator ``(builder, rng, length) -> Sample fields``.
+TASKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "needle_single": needle_single,
+    "needle_multikey": needle_multikey,
+    "needle_multivalue": needle_multivalue,
+    "needle_multiquery": needle_multiquery,
+    "kv_retrieval": kv_retrieval,
+    "variable_tracking": variable_tracking,
+    "common_words": common_words,
+}
+
+
+def make_samples(
+    task: str,
+    num_samples: int,
+    length: int,
+    tokenizer,
+    *,
+    seed: int = 0,
+    corpus: str = "moby_dick",
+    start: int = 0,
+) -> list[Sample]:
+    """``num_samples`` deterministic samples of ``task`` with contexts of about ``length`` tokens.
+
+    Parameters
+    ----------
+    task : str
+        A name in :data:`TASKS`.
+    num_samples, length : int
+    tokenizer
+        The evaluated model's tokenizer (lengths are measured in its tokens).
+    seed : int
+        Together with the task name and sample index, fixes every random choice.
+    corpus : str
+        Haystack text: ``"moby_dick"`` or ``"brown"``.
+    start : int
+        Index of the first sample.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    if length < 16:
+        raise ValueError(f"length must be at least 16 tokens, got {length}")
+    samples = []
+    for index in range(start, start + num_samples):
+        rng = random.Random(f"{task}:{seed}:{index}:{length}:{corpus}")
+        fields = TASKS[task](_Builder(tokenizer, corpus, rng), rng, length)
+        samples.append(Sample(task=task, index=index, **fields))
+    return samples

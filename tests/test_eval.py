@@ -1,0 +1,259 @@
+"""Evaluation harness: tasks, prompts, metrics, runners, report, loaders (tiny random models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from judgeq_cache import JudgeQAdapter
+from judgeq_cache.eval import SETTINGS, TASKS, build_prompt, evaluate, make_samples, read_records
+from judgeq_cache.eval import metrics as M
+from judgeq_cache.eval.records import budget_label, parse_budget
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 byte tokens + ChatML specials) built in code, no downloads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = sorted(ByteLevel.alphabet())
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = CHATML
+    return tok
+
+
+def tiny_model(seed: int = 0) -> transformers.PreTrainedModel:
+    """A tiny random llama whose vocabulary fits :func:`tiny_tokenizer` (eos = <|im_end|> = 2)."""
+    config = transformers.LlamaConfig(
+        vocab_size=264,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+# ---------------------------------------------------------------------------- tasks and prompts
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_tasks_are_deterministic_sized_and_contain_their_answers(task, tok):
+    a = make_samples(task, 2, 600, tok, seed=3)
+    b = make_samples(task, 2, 600, tok, seed=3)
+    assert [s.context for s in a] == [s.context for s in b]
+    assert a[0].context != a[1].context
+    other = make_samples(task, 1, 600, tok, seed=4)[0]
+    assert other.context != a[0].context
+    for s in a:
+        n = len(tok.encode(s.context, add_special_tokens=False))
+        assert 0.6 * 600 <= n <= 1.15 * 600, (task, n)
+        assert s.answers and s.max_new_tokens >= 8
+        if task != "common_words":
+            for ans in s.answers:
+                assert ans in s.context
+        assert s.answer_prefix == "" or not any(ans in s.answer_prefix for ans in s.answers)
+
+
+def test_distractor_needles_use_other_relations(tok):
+    s = make_samples("needle_multikey", 1, 400, tok)[0]
+    assert s.context.count("special magic number") == 1
+    assert any(rel in s.context for rel in ("secret code word", "hotel room", "home town"))
+
+
+def test_settings_layouts(tok):
+    s = make_samples("needle_single", 1, 200, tok)[0]
+    aware = build_prompt(tok, s, "query-aware")
+    agnostic = build_prompt(tok, s, "query-agnostic")
+    first = build_prompt(tok, s, "question-first")
+    assert aware.appended.shape[1] == 0 and first.appended.shape[1] == 0
+    assert agnostic.appended.shape[1] > 0
+    assert torch.equal(aware.compressed, agnostic.input_ids)
+    text_first = tok.decode(first.compressed[0])
+    assert text_first.index(s.question) < text_first.index(s.context[:50])
+    assert s.question not in tok.decode(agnostic.compressed[0])
+    with pytest.raises(ValueError, match="setting"):
+        build_prompt(tok, s, "sideways")
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_metrics():
+    assert M.string_match_all("The numbers are 12 and 34", ["12", "34", "56"]) == pytest.approx(2 / 3)
+    assert M.string_match_part("answer: Paris", ["paris", "Rome"]) == 1.0
+    assert M.qa_f1_score("The Eiffel tower", ["eiffel tower"]) == 1.0
+    assert 0 < M.qa_f1_score("tall Eiffel tower in Paris", ["eiffel tower"]) < 1
+    assert M.rouge_l_score("a b c d", ["a c d"]) == pytest.approx(2 * (3 / 4) * 1 / (3 / 4 + 1))
+    assert M.classification_score("Type: Location", ["Location"], all_classes=["Location", "Person"]) == 1.0
+    assert M.retrieval_score("Paragraph 3", ["Paragraph 3"]) == 1.0
+    assert M.count_score("There are 5 and 7", ["5"]) == 0.5
+    assert M.code_sim_score("x = 1\n", ["x = 1"]) == 1.0
+    with pytest.raises(ValueError, match="metric"):
+        M.score("bleu", "a", ["a"])
+
+
+def test_budget_parsing():
+    assert parse_budget("0.25") == 0.25 and parse_budget("25%") == 0.25 and parse_budget("256") == 256
+    assert budget_label(0.1) == "10%" and budget_label(256) == "256"
+    with pytest.raises(ValueError):
+        parse_budget("1.5")
+
+
+# ---------------------------------------------------------------------------- runners
+METHODS = ["full", "judgeq", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
+
+
+def test_runner_writes_one_line_per_answer_and_resumes(tmp_path, tok, model):
+    samples = make_samples("needle_single", 2, 120, tok)
+    adapter = JudgeQAdapter.init_for(model, 4)
+    out = tmp_path / "r.jsonl"
+    kwargs = dict(
+        settings=SETTINGS, methods=METHODS, budgets=[0.25, 16], adapter=adapter, output=out, progress=False
+    )
+    records = list(evaluate(model, tok, samples, **kwargs))
+    per_prompt = 1 + (len(METHODS) - 1) * 2
+    assert len(records) == len(samples) * len(SETTINGS) * per_prompt
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(records)
+    row = json.loads(lines[1])
+    assert {"task", "index", "setting", "method", "budget", "answer", "score", "kv_bytes", "seconds"} <= set(
+        row
+    )
+    by = {(r.setting, r.method, r.budget): r for r in records if r.index == 0}
+    full = by[("query-aware", "full", "full")]
+    snap = by[("query-aware", "snapkv", "25%")]
+    assert snap.kv_bytes < full.kv_bytes and snap.kept_fraction == pytest.approx(0.25, abs=0.02)
+    assert by[("query-aware", "snapkv", "16")].kept_fraction == pytest.approx(
+        16 / full.prompt_tokens, abs=1e-6
+    )
+    assert 0.0 <= snap.hit_rate <= 1.0 and full.hit_rate is None
+    assert by[("query-agnostic", "snapkv", "25%")].prompt_tokens < full.prompt_tokens
+    # resume: nothing new; a deleted line is recomputed identically
+    assert list(evaluate(model, tok, samples, resume=True, **kwargs)) == []
+    out.write_text("\n".join(lines[:-1]) + "\n")
+    again = list(evaluate(model, tok, samples, resume=True, **kwargs))
+    assert len(again) == 1 and again[0].answer == json.loads(lines[-1])["answer"]
+    assert len(read_records(out)) == len(records)
+
+
+def test_query_agnostic_answers_equal_a_dedicated_compressed_prefill(tok, model):
+    """The runner's agnostic path == compress the context alone, then generate with the question."""
+    from conftest import cache_kwargs
+
+    from judgeq_cache import EvictionCache
+
+    sample = make_samples("needle_single", 1, 100, tok)[0]
+    rec = next(
+        r
+        for r in evaluate(
+            model,
+            tok,
+            [sample],
+            settings=["query-agnostic"],
+            methods=["snapkv"],
+            budgets=[0.25],
+            progress=False,
+            with_hit_rate=False,
+        )
+    )
+    prompt = build_prompt(tok, sample, "query-agnostic")
+    cache = EvictionCache(model, 0.25, "snapkv", window_size=32)
+    with torch.no_grad():
+        model(input_ids=prompt.compressed, **cache_kwargs(model, cache))
+        out = model.generate(
+            input_ids=prompt.input_ids,
+            max_new_tokens=sample.max_new_tokens,
+            do_sample=False,
+            **cache_kwargs(model, cache),
+        )
+    ids = out[0, prompt.input_ids.shape[1] :].tolist()
+    if 2 in ids:
+        ids = ids[: ids.index(2)]
+    assert rec.answer == tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
+    pytest.importorskip("kvpress")
+    from kvpress import KnormPress, SnapKVPress, TOVAPress
+    from transformers import DynamicCache
+
+    from judgeq_cache.eval.kvpress_runner import KVPressPrefill, evaluate_kvpress
+
+    ids = torch.randint(3, 260, (1, 150), generator=torch.Generator().manual_seed(0))
+    shared = KVPressPrefill(model, ids)
+    for press in (
+        SnapKVPress(compression_ratio=0.5, window_size=16),
+        KnormPress(compression_ratio=0.75),
+        TOVAPress(compression_ratio=0.5),
+    ):
+        got = shared.compressed(press)
+        cache = DynamicCache()
+        with torch.no_grad(), press(model):
+            model(input_ids=ids, past_key_values=cache)
+        for a, b in zip(got.layers, cache.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    samples = make_samples("needle_single", 1, 120, tok)
+    out = tmp_path / "kv.jsonl"
+    recs = list(
+        evaluate_kvpress(
+            model,
+            tok,
+            samples,
+            settings=SETTINGS,
+            presses=["kvpress-snapkv", "kvpress-knorm"],
+            budgets=[0.25],
+            output=out,
+            progress=False,
+        )
+    )
+    assert len(recs) == 6 and all(r.source == "kvpress" for r in recs)
+    assert all(r.kept_fraction == pytest.approx(0.25, abs=0.02) for r in recs)
+    assert (
+        list(
+            evaluate_kvpress(
+                model,
+                tok,
+                samples,
+                settings=SETTINGS,
+                presses=["kvpress-snapkv", "kvpress-knorm"],
+                budgets=[0.25],
+                output=out,
+                resume=True,
+                progress=False,
+            )
+        )
+        == []
+    )

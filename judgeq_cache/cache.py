@@ -133,8 +133,12 @@ class EvictionCache(DynamicCache):
         if self._dry:
             # Scoring pass: attend over stored + new, store nothing.
             layer = self.layers[layer_idx]
-            return torch.cat([layer.keys, key_states], dim=-2), torch.cat(
-                [layer.values, value_states], dim=-2
+            keys = torch.cat([layer.keys, key_states], dim=-2)
+            return keys, torch.cat([layer.values, value_states], dim=-2)
+        if self._prefill is None:
+            raise RuntimeError(
+                "this EvictionCache was built for another model instance (its hooks never saw this forward); "
+                "create the cache with the model you call: EvictionCache(model, ...)"
             )
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 

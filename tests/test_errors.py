@@ -104,3 +104,10 @@ def test_crop_cannot_recover_evicted_entries(model):
     assert cache.get_seq_length() == 13 and cache.layers[0].stored_length == 5
     with pytest.raises(ValueError, match="compressed"):
         cache.crop(-5)
+
+
+def test_cache_used_with_another_model_instance_is_an_error(model):
+    other = make_model("llama", seed=1)
+    cache = EvictionCache(model, 4)
+    with pytest.raises(RuntimeError, match="another model instance"):
+        other(input_ids=torch.randint(3, 128, (1, 12)), **cache_kwargs(other, cache))

@@ -23,6 +23,10 @@ class JudgeQScorer(AttentionScorer):
 
     adapter: JudgeQAdapter | None = field(default=None, repr=False)
     pooling_kernel: int = 7
+    #: Our choice (the paper is silent): keep 4 attention sinks and the last 8 prompt tokens (the chat
+    #: template's assistant header), a few dozen bytes that decoding always needs.
+    sink_tokens: int = 4
+    recent_tokens: int = 8
     name: ClassVar[str] = "judgeq"
     query_source: ClassVar[QuerySource] = "appended"
 

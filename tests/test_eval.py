@@ -257,3 +257,153 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
         )
         == []
     )
+
+
+# ---------------------------------------------------------------------------- report and plot
+def _fake_records():
+    from judgeq_cache.eval.records import Record
+
+    rows = []
+    for task, full_score in (("needle_single", 1.0), ("kv_retrieval", 0.0)):
+        for i in range(2):
+            for setting in SETTINGS:
+                base = dict(
+                    task=task, index=i, setting=setting, references=["1"], prompt_tokens=100, answer="1"
+                )
+                rows.append(
+                    Record(
+                        **base,
+                        method="full",
+                        budget="full",
+                        source="judgeq_cache",
+                        score=full_score,
+                        kept_fraction=1.0,
+                        kv_bytes=2**20,
+                        seconds=1.0,
+                    )
+                )
+                for method, source in (("judgeq", "judgeq_cache"), ("kvpress-snapkv", "kvpress")):
+                    for b, f in (("25%", 0.25), ("10%", 0.1)):
+                        rows.append(
+                            Record(
+                                **base,
+                                method=method,
+                                budget=b,
+                                source=source,
+                                score=float(i),
+                                kept_fraction=f,
+                                kv_bytes=int(f * 2**20),
+                                seconds=1.0,
+                                hit_rate=0.5 if source != "kvpress" else None,
+                            )
+                        )
+    return rows
+
+
+def test_report_and_plot(tmp_path):
+    from judgeq_cache.eval.plots import plot_accuracy
+    from judgeq_cache.eval.report import markdown_report
+
+    records = _fake_records()
+    png = plot_accuracy(records, str(tmp_path / "acc.png"))
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+    text = markdown_report(records, command="judgeq eval run ...", plot=png)
+    assert "kv_retrieval 0% (excluded)" in text and "needle_single 100%" in text
+    assert "| judgeq | 50 (2) | 50 (2) |" in text and "| kvpress-snapkv | 50 (2) | 50 (2) |" in text
+    assert "## question-first" in text and "judgeq eval run ..." in text and "acc.png" in text
+
+
+def test_eval_cli_report(tmp_path):
+    from dataclasses import asdict
+
+    from judgeq_cache.cli import main
+
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(asdict(r)) for r in _fake_records()) + "\n")
+    md = tmp_path / "r.md"
+    assert main(["eval", "report", str(path), "--markdown", str(md), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "## query-agnostic" in md.read_text() and (tmp_path / "p.png").exists()
+
+
+# ---------------------------------------------------------------------------- benchmark loaders
+def test_longbench_loader_on_local_jsonl(tmp_path, tok, model):
+    from judgeq_cache.eval.longbench import load_longbench
+
+    rows = [
+        {
+            "input": "Who wrote it?",
+            "context": "It was written by Ishmael. " * 20,
+            "answers": ["Ishmael"],
+            "length": 120,
+            "all_classes": None,
+            "_id": "a",
+        },
+        {
+            "input": "Where?",
+            "context": "At sea. " * 20,
+            "answers": ["at sea"],
+            "length": 40,
+            "all_classes": None,
+            "_id": "b",
+        },
+    ]
+    (tmp_path / "hotpotqa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "trec.jsonl").write_text(
+        json.dumps(
+            {
+                "input": "Q: what city?",
+                "context": "examples",
+                "answers": ["Location"],
+                "all_classes": ["Location", "Person"],
+                "_id": "c",
+            }
+        )
+    )
+    samples = load_longbench("hotpotqa", data_dir=tmp_path, limit=2)
+    assert len(samples) == 2 and samples[0].metric == "qa_f1" and samples[0].max_new_tokens == 32
+    assert samples[0].instruction.startswith("Answer the question based on the given passages")
+    assert "Question: Who wrote it?" in samples[0].question and samples[0].context == rows[0]["context"]
+    trec = load_longbench("trec", data_dir=tmp_path)[0]
+    assert trec.meta["metric_kwargs"] == {"all_classes": ["Location", "Person"]}
+    recs = list(
+        evaluate(
+            model,
+            tok,
+            samples[:1],
+            settings=["query-aware"],
+            methods=["full", "snapkv"],
+            budgets=[0.5],
+            progress=False,
+        )
+    )
+    assert len(recs) == 2 and all(0 <= r.score <= 1 for r in recs)
+    with pytest.raises(ValueError, match="LongBench"):
+        load_longbench("nope", data_dir=tmp_path)
+
+
+def test_ruler_loader_on_local_jsonl(tmp_path):
+    from judgeq_cache.eval.ruler import load_ruler
+
+    prompt = (
+        "Some special magic numbers are hidden within the following text.\nThe grass is green. One of the special "
+        "magic numbers for long-context is: 123456.\nThe sky is blue.\n\nWhat is the special magic number for "
+        "long-context mentioned in the provided text?"
+    )
+    row = {
+        "index": 7,
+        "input": prompt,
+        "outputs": ["123456"],
+        "length": 60,
+        "answer_prefix": " The special magic number is",
+    }
+    (tmp_path / "niah_single_1").mkdir()
+    (tmp_path / "niah_single_1" / "validation.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "qa_1.jsonl").write_text(json.dumps(dict(row, outputs=["x", "123456"])) + "\n")
+    s = load_ruler("niah_single_1", data_dir=tmp_path)[0]
+    assert (
+        s.index == 7 and s.question.startswith("What is the special magic number") and "123456" in s.context
+    )
+    assert s.metric == "string_match_all" and M.score(s.metric, "It is 123456.", s.answers) == 1.0
+    assert load_ruler("qa_1", data_dir=tmp_path)[0].metric == "string_match_part"
+    with pytest.raises(ValueError, match="prepare.py"):
+        load_ruler("niah_single_1")

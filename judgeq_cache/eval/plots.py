@@ -1,0 +1,71 @@
+"""Accuracy vs kept fraction: one panel per setting, one line per method."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from .records import Record
+from .report import FULL_CACHE_FLOOR, _method_order, valid_tasks
+
+__all__ = ["plot_accuracy"]
+
+
+def plot_accuracy(records: list[Record], path: str, title: str = "", exclude_failing: bool = True) -> str:
+    """Write the figure to ``path`` (PNG) and return ``path``. The full cache is a dashed line;
+    tasks the full cache fails are left out (as in the report) unless ``exclude_failing=False``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    failing = (
+        {t for t, a in valid_tasks(records).items() if a < FULL_CACHE_FLOOR} if exclude_failing else set()
+    )
+    records = [r for r in records if r.task not in failing]
+    settings = [
+        s for s in ("query-aware", "query-agnostic", "question-first") if any(r.setting == s for r in records)
+    ]
+    fig, axes = plt.subplots(
+        1, max(1, len(settings)), figsize=(5 * max(1, len(settings)), 4), sharey=True, squeeze=False
+    )
+    methods = _method_order({r.method for r in records})
+    cmap = plt.get_cmap("tab20")
+    for ax, setting in zip(axes[0], settings):
+        points: dict[tuple[str, str], list[Record]] = defaultdict(list)
+        for r in records:
+            if r.setting == setting:
+                points[(r.method, r.budget)].append(r)
+        for i, m in enumerate(methods):
+            if m == "full":
+                rs = points.get(("full", "full"), [])
+                if rs:
+                    ax.axhline(
+                        100 * sum(r.score for r in rs) / len(rs), color="black", ls="--", label="full cache"
+                    )
+                continue
+            xs = []
+            for (method, _), rs in points.items():
+                if method == m:
+                    xs.append(
+                        (sum(r.kept_fraction for r in rs) / len(rs), 100 * sum(r.score for r in rs) / len(rs))
+                    )
+            if xs:
+                xs.sort()
+                style = dict(lw=2.5, color="tab:red") if m == "judgeq" else dict(lw=1.2, color=cmap(i % 20))
+                ls = ":" if m.startswith("kvpress-") else "-"
+                ax.plot([x for x, _ in xs], [y for _, y in xs], marker="o", ls=ls, label=m, **style)
+        ax.set_title(setting)
+        ax.set_xlabel("kept fraction of the prompt KV")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,148 @@
+"""Markdown tables from result records (ours and kvpress's merged)."""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from .records import Record
+
+__all__ = ["aggregate", "budget_order", "format_table", "markdown_report", "valid_tasks"]
+
+#: A task whose full-cache accuracy is below this measures nothing on the evaluated model.
+FULL_CACHE_FLOOR = 0.5
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub markdown table (cells converted with ``str``)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def budget_order(label: str) -> tuple[int, float]:
+    """Sort key: ``full`` first, then kept fractions from large to small, then absolute budgets."""
+    if label == "full":
+        return (0, 0.0)
+    if label.endswith("%"):
+        return (1, -float(label[:-1]))
+    return (2, -float(label))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def valid_tasks(records: Iterable[Record], floor: float = FULL_CACHE_FLOOR) -> dict[str, float]:
+    """``{task: full-cache accuracy}`` over all settings (tasks without full-cache rows are kept)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.method == "full":
+            scores[r.task].append(r.score)
+    return {task: _mean(v) for task, v in scores.items()}
+
+
+def aggregate(
+    records: Iterable[Record], field: str = "score"
+) -> dict[tuple[str, str, str], tuple[float, int]]:
+    """``{(setting, method, budget): (mean of field, count)}`` (None values skipped)."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in records:
+        value = getattr(r, field)
+        if value is not None:
+            groups[(r.setting, r.method, r.budget)].append(float(value))
+    return {k: (_mean(v), len(v)) for k, v in groups.items()}
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    ours = ["full", "judgeq", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
+    methods = set(methods)
+    return [m for m in ours if m in methods] + sorted(m for m in methods if m not in ours)
+
+
+def markdown_report(
+    records: list[Record], *, title: str = "Results", command: str = "", plot: str | None = None
+) -> str:
+    """Accuracy, hit rate, memory and time tables per setting; tasks the full cache fails are listed
+    and left out of the averages."""
+    full_acc = valid_tasks(records)
+    failing = {t for t, acc in full_acc.items() if acc < FULL_CACHE_FLOOR}
+    used = [r for r in records if r.task not in failing]
+    out = [f"# {title}", "", f"Generated {datetime.date.today().isoformat()} by `judgeq eval report`."]
+    if command:
+        out += ["", "Reproduce with:", "", "```bash", command.strip(), "```"]
+    models = sorted({r.model for r in records if r.model})
+    adapters = sorted({r.adapter for r in records if r.adapter})
+    tasks = sorted({r.task for r in records})
+    prompts = sorted({(r.task, r.index) for r in records})
+    tokens = [r.prompt_tokens for r in records if r.setting == "query-aware" and r.method == "full"]
+    out += [
+        "",
+        f"Model: {', '.join(models) or '?'}; Judge Q adapter: {', '.join(adapters) or 'n/a'}; "
+        f"tasks: {', '.join(tasks)}; {len(prompts)} samples; "
+        f"compressed prompt ~{round(_mean(tokens)) if tokens else '?'} tokens (query-aware).",
+        "",
+        "Full-cache accuracy per task (tasks below "
+        f"{FULL_CACHE_FLOOR:.0%} measure nothing on this model and are excluded from the tables): "
+        + ", ".join(
+            f"{t} {acc:.0%}" + (" (excluded)" if t in failing else "") for t, acc in sorted(full_acc.items())
+        ),
+    ]
+    if plot:
+        out += ["", f"![accuracy vs kept fraction]({plot.split('/')[-1]})"]
+    acc = aggregate(used)
+    hit = aggregate(used, "hit_rate")
+    settings = [s for s in ("query-aware", "query-agnostic", "question-first") if any(k[0] == s for k in acc)]
+    budgets = sorted({k[2] for k in acc if k[2] != "full"}, key=budget_order)
+    methods = _method_order({k[1] for k in acc})
+    for setting in settings:
+        out += ["", f"## {setting}", "", "Accuracy (%, samples in brackets) by kept budget:", ""]
+        rows = []
+        for m in methods:
+            cells = []
+            for b in ["full"] if m == "full" else budgets:
+                value = acc.get((setting, m, b))
+                cells.append("" if value is None else f"{100 * value[0]:.0f} ({value[1]})")
+            if m == "full":
+                cells = cells * len(budgets)
+            if any(cells):
+                rows.append([m, *cells])
+        out.append(format_table(["method", *budgets], rows))
+        hit_rows = [
+            [m, *(f"{100 * hit[(setting, m, b)][0]:.1f}" if (setting, m, b) in hit else "" for b in budgets)]
+            for m in methods
+            if any((setting, m, b) in hit for b in budgets)
+        ]
+        if hit_rows:
+            out += [
+                "",
+                "Critical-KV hit rate vs the oracle (%):",
+                "",
+                format_table(["method", *budgets], hit_rows),
+            ]
+    mib = aggregate(used, "kv_bytes")
+    sec = aggregate(used, "seconds")
+    rows = []
+    for m in methods:
+        for b in ["full"] if m == "full" else budgets:
+            keys = [(s, m, b) for s in settings if (s, m, b) in mib]
+            if keys:
+                rows.append(
+                    [
+                        m,
+                        b,
+                        f"{_mean([mib[k][0] for k in keys]) / 2**20:.1f}",
+                        f"{_mean([sec[k][0] for k in keys]):.1f}",
+                    ]
+                )
+    out += [
+        "",
+        "## Memory and time",
+        "",
+        "KV cache after compression (MiB) and seconds per answer (prefill + compression + decoding; "
+        "our methods share one prefill per prompt, counted in each), averaged over settings:",
+        "",
+        format_table(["method", "budget", "KV MiB", "s/answer"], rows),
+    ]
+    return "\n".join(out) + "\n"

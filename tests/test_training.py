@@ -347,3 +347,32 @@ def test_cli_train_parser_registers():
 
     args = build_parser().parse_args(["train", "--output", "x", "--corpus-prompts", "3", "--init", "mean"])
     assert args.func.__name__ == "run_cli" and args.init == "mean" and args.corpus_prompts == 3
+
+
+@pytest.mark.slow
+def test_data_parallel_two_cpu_processes(tmp_path, tokenizer):
+    """The same module under torchrun (2 CPU processes, gloo): shards prompts, all-reduces row gradients."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() or shutil.which("true") is None:
+        pytest.skip("torchrun not available")
+    model = make_model("llama")
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"messages": p.messages}) + "\n" for p in text_prompts(8)))
+    out = tmp_path / "out"
+    cmd = [
+        str(torchrun), "--nproc_per_node", "2", "-m", "judgeq_cache.training",
+        "--model", str(tmp_path / "tiny"), "--data", str(data), "--output", str(out),
+        "--num-soft-tokens", "4", "--max-new-tokens", "4", "--steps", "3", "--batch-size", "2", "--heldout", "2",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["training"]["world_size"] == 2
+    assert (out / "responses.rank0.jsonl").is_file() and (out / "responses.rank1.jsonl").is_file()

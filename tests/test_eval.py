@@ -207,7 +207,7 @@ def test_query_agnostic_answers_equal_a_dedicated_compressed_prefill(tok, model)
 
 def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
     pytest.importorskip("kvpress")
-    from kvpress import KnormPress, SnapKVPress, TOVAPress
+    from kvpress import ExpectedAttentionPress, KnormPress, SnapKVPress, TOVAPress
     from transformers import DynamicCache
 
     from judgeq_cache.eval.kvpress_runner import KVPressPrefill, evaluate_kvpress
@@ -218,6 +218,7 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
         SnapKVPress(compression_ratio=0.5, window_size=16),
         KnormPress(compression_ratio=0.75),
         TOVAPress(compression_ratio=0.5),
+        ExpectedAttentionPress(compression_ratio=0.5),
     ):
         got = shared.compressed(press)
         cache = DynamicCache()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -61,7 +62,10 @@ _DEDICATED = {"kvpress-kvzip"}
 
 
 def _attention_modules(model) -> list[torch.nn.Module]:
+    """The attention modules, given ``rotary_emb`` as kvpress's context manager does."""
     inner = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    for layer in inner.layers:
+        layer.self_attn.rotary_emb = inner.rotary_emb
     return [layer.self_attn for layer in inner.layers]
 
 
@@ -103,10 +107,19 @@ class KVPressPrefill:
         return cache
 
 
-def _dedicated(model, input_ids: torch.Tensor, press) -> tuple[DynamicCache, torch.Tensor]:
+def _dedicated(model, tokenizer, input_ids: torch.Tensor, press) -> tuple[DynamicCache, torch.Tensor]:
+    """A prefill under ``press``'s own context manager. KVzip loads the tokenizer from
+    ``config._name_or_path``: point it at a local copy of ours for the call (no Hub access)."""
     cache = DynamicCache()
-    with torch.no_grad(), press(model):
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    original = model.config._name_or_path
+    with tempfile.TemporaryDirectory(prefix="judgeq-kvpress-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        model.config._name_or_path = tmp
+        try:
+            with torch.no_grad(), press(model):
+                out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        finally:
+            model.config._name_or_path = original
     return cache, out.logits[:, -1]
 
 
@@ -139,6 +152,16 @@ def greedy_decode(
         ).logits[:, -1]
         position += 1
     return torch.tensor(out, dtype=torch.long)
+
+
+def _masked_fraction(model, n: int) -> float | None:
+    """Fraction of prompt entries a masking press (KVzip, AdaKV) hid, or None if none masked."""
+    modules = _attention_modules(model)
+    masked = [getattr(m, "masked_key_indices", None) for m in modules]
+    if all(m is None for m in masked):
+        return None
+    heads = model.config.num_key_value_heads
+    return sum(len(m[0]) for m in masked if m is not None) / (len(modules) * heads * n)
 
 
 def _kv_bytes(cache: DynamicCache) -> int:
@@ -189,6 +212,27 @@ def evaluate_kvpress(
             shared = KVPressPrefill(model, prompt.compressed)
             prefill_seconds = time.perf_counter() - start
         for press_name, budget in wanted:
+            if press_name in _DEDICATED:
+                try:
+                    yield _one(
+                        model,
+                        tokenizer,
+                        sample,
+                        setting,
+                        prompt,
+                        shared,
+                        prefill_seconds,
+                        press_name,
+                        budget,
+                        stop,
+                        model_name,
+                        output,
+                    )
+                except Exception as err:  # e.g. KVzip's fake-key search failing on some models
+                    logger.error(
+                        "%s failed on %s (%s): %s; skipped", press_name, sample.sample_id, setting, err
+                    )
+                continue
             yield _one(
                 model,
                 tokenizer,
@@ -228,12 +272,23 @@ def _one(
     press = PRESSES[press_name](_ratio(budget, n))
     start = time.perf_counter()
     if shared is None or press_name in _DEDICATED:
-        cache, first = _dedicated(model, prompt.compressed, press)
+        cache, first = _dedicated(model, tokenizer, prompt.compressed, press)
     else:
         cache, first = shared.compressed(press), shared.logits
     kv_bytes = _kv_bytes(cache)
     kept = cache.get_seq_length() / n
-    ids = greedy_decode(model, cache, n, prompt.appended, first, sample.max_new_tokens, stop)
+    masked = _masked_fraction(model, n)
+    if masked is not None:
+        # "Fake" (masked) compression: entries stay stored but are hidden from attention. Report
+        # the memory an implementation that drops them would hold.
+        kept = 1.0 - masked
+        kv_bytes = int(kv_bytes * kept)
+    try:
+        ids = greedy_decode(model, cache, n, prompt.appended, first, sample.max_new_tokens, stop)
+    finally:
+        for module in _attention_modules(model):
+            if getattr(module, "masked_key_indices", None) is not None:
+                module.masked_key_indices = None
     seconds = prefill_seconds + time.perf_counter() - start
     _, text = decode_answer(tokenizer, ids, stop)
     record = Record(

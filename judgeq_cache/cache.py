@@ -109,7 +109,10 @@ class EvictionCache(DynamicCache):
                 "interface (modules named *Attention with a layer_idx); eviction cannot score this model"
             )
         super().__init__(config=model.config)
-        self.layers = [EvictableLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
+        reserve = self.scorer.appended_length() if compress else 0
+        self.layers = [
+            EvictableLayer(reserve) if type(layer) is DynamicLayer else layer for layer in self.layers
+        ]
         self._evictable = [i for i, layer in enumerate(self.layers) if isinstance(layer, EvictableLayer)]
         if not self._evictable:
             raise TypeError(
@@ -133,8 +136,11 @@ class EvictionCache(DynamicCache):
         if self._dry:
             # Scoring pass: attend over stored + new, store nothing.
             layer = self.layers[layer_idx]
-            keys = torch.cat([layer.keys, key_states], dim=-2)
-            return keys, torch.cat([layer.values, value_states], dim=-2)
+            if isinstance(layer, EvictableLayer):
+                return layer.peek(key_states, value_states)
+            return torch.cat([layer.keys, key_states], dim=-2), torch.cat(
+                [layer.values, value_states], dim=-2
+            )
         if self._prefill is None:
             raise RuntimeError(
                 "this EvictionCache was built for another model instance (its hooks never saw this forward); "

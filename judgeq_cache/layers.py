@@ -23,10 +23,38 @@ class EvictableLayer(DynamicLayer):
       the last logical positions, so every kept entry lies in the past of the next query.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, reserve: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_evicted = 0
         self.compressed_length = 0
+        #: Spare slots allocated after the prompt at prefill, so the scoring pass can attend over
+        #: prompt + appended tokens without copying the prompt's KV (see :meth:`peek`).
+        self.reserve = reserve
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.reserve and self.stored_length == 0:
+            # Prefill: store the prompt at the front of buffers with `reserve` spare slots.
+            self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            shape_k, shape_v = list(key_states.shape), list(value_states.shape)
+            shape_k[-2] = shape_v[-2] = n + self.reserve
+            keys, values = key_states.new_empty(shape_k), value_states.new_empty(shape_v)
+            keys[..., :n, :], values[..., :n, :] = key_states, value_states
+            self._buffers = (keys, values)
+            self.keys, self.values = keys[..., :n, :], values[..., :n, :]
+            return key_states, value_states
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def peek(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored + new entries for a pass that stores nothing (the scoring pass)."""
+        n, m = self.stored_length, key_states.shape[-2]
+        if self._buffers is not None and m <= self.reserve and not torch.is_grad_enabled():
+            keys, values = self._buffers
+            if keys.data_ptr() == self.keys.data_ptr():  # still the prefill's buffers
+                keys[..., n : n + m, :], values[..., n : n + m, :] = key_states, value_states
+                return keys[..., : n + m, :], values[..., : n + m, :]
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
     @property
     def stored_length(self) -> int:
@@ -44,6 +72,7 @@ class EvictableLayer(DynamicLayer):
         """Keep only ``indices`` ``[B, H, k]`` (ascending) of the stored entries; free the rest."""
         before = self.stored_length
         self.keys, self.values = compact(self.keys, self.values, indices)
+        self._buffers = None
         self.num_evicted += before - self.stored_length
         self.compressed_length = self.stored_length
 
@@ -66,5 +95,6 @@ class EvictableLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
+        self._buffers = None
         self.num_evicted = 0
         self.compressed_length = 0

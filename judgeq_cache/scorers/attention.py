@@ -61,6 +61,9 @@ class OracleScorer(AttentionScorer):
     name: ClassVar[str] = "oracle"
     query_source: ClassVar[QuerySource] = "appended"
 
+    def appended_length(self) -> int:
+        return 0 if self.future_ids is None else self.future_ids.shape[-1]
+
     def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
         if self.future_ids is None or self.future_ids.numel() == 0:
             raise ValueError(

@@ -88,6 +88,10 @@ class Scorer(ABC):
         """Entries kept per head for each evictable layer (uniform by default)."""
         return [budget.entries(prompt_length)] * num_layers
 
+    def appended_length(self) -> int:
+        """Number of tokens :meth:`appended_inputs` will return (0 for other scorers)."""
+        return 0
+
     def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
         """Inputs of the tokens run after prefill (``"appended"`` scorers only)."""
         raise NotImplementedError(f"{type(self).__name__} has no appended tokens")

@@ -38,6 +38,9 @@ class JudgeQScorer(AttentionScorer):
                 f"JudgeQAdapter.init_for(model), got {type(self.adapter).__name__}"
             )
 
+    def appended_length(self) -> int:
+        return self.adapter.num_soft_tokens
+
     def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
         embed = model.get_input_embeddings().weight
         return {"inputs_embeds": self.adapter.embeds_for(batch_size, embed.dtype, embed.device)}

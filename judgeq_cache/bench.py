@@ -1,0 +1,228 @@
+"""Speed and memory of eviction vs a plain cache, measured side by side (``judgeq bench``).
+
+Reports ratios, not absolute times (this runs on shared CPUs too):
+
+- scoring overhead = (prefill + scoring pass + eviction) / plain prefill, for Judge Q and SnapKV;
+- decode ms per token with ``kept`` of the prompt kept vs the full cache;
+- KV bytes after eviction vs the full cache;
+- peak RSS of a fresh process that prefills and decodes, evicted vs full (optional).
+
+Runs alternate between kinds and the median of ``repeats`` is used, so drift hits every kind alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .adapter import JudgeQAdapter
+from .cache import EvictionCache, JudgeQCache, _cache_kwarg_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER = "adapters/smollm2-135m-instruct"
+
+
+@dataclass
+class OverheadRow:
+    """Ratios for one prompt length."""
+
+    prompt_tokens: int
+    judgeq_overhead: float
+    snapkv_overhead: float
+    decode_ms_full: float
+    decode_ms_kept: float
+    kv_bytes_ratio: float
+    peak_rss_full_mib: float | None = None
+    peak_rss_kept_mib: float | None = None
+
+    @property
+    def decode_ratio(self) -> float:
+        return self.decode_ms_kept / self.decode_ms_full
+
+
+def make_cache(model: PreTrainedModel, kind: str, kept: float, adapter: JudgeQAdapter):
+    """``"full"`` (plain DynamicCache), ``"judgeq"`` or any scorer name."""
+    if kind == "full":
+        return DynamicCache(config=model.config)
+    if kind == "judgeq":
+        return JudgeQCache(model, adapter, kept)
+    return EvictionCache(model, kept, kind)
+
+
+def _kw(model: PreTrainedModel, cache) -> dict:
+    return {_cache_kwarg_name(model): cache}
+
+
+@torch.no_grad()
+def prefill_seconds(model: PreTrainedModel, ids: torch.Tensor, cache) -> float:
+    start = time.perf_counter()
+    model(input_ids=ids, **_kw(model, cache))
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def decode_ms_per_token(model: PreTrainedModel, ids: torch.Tensor, cache, steps: int) -> float:
+    token = model(input_ids=ids, **_kw(model, cache)).logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = model(input_ids=token, **_kw(model, cache)).logits[:, -1:].argmax(-1)
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
+def kv_bytes(cache) -> int:
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+
+
+def corpus_prompt(tokenizer, length: int) -> torch.Tensor:
+    """``[1, length]`` token ids of bundled book text."""
+    from .data import load_corpus
+
+    ids = tokenizer(load_corpus("moby_dick")[: length * 10], return_tensors="pt").input_ids[:, :length]
+    if ids.shape[1] < length:
+        raise ValueError(f"the bundled corpus is shorter than {length} tokens")
+    return ids
+
+
+def measure(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    adapter: JudgeQAdapter,
+    kept: float = 0.1,
+    repeats: int = 5,
+    decode_steps: int = 32,
+) -> OverheadRow:
+    """Side-by-side ratios for one prompt."""
+    prefill_seconds(model, ids, make_cache(model, "full", kept, adapter))  # warm-up
+    times: dict[str, list[float]] = {"full": [], "judgeq": [], "snapkv": []}
+    for _ in range(repeats):
+        for kind in times:
+            times[kind].append(prefill_seconds(model, ids, make_cache(model, kind, kept, adapter)))
+    med = {kind: statistics.median(t) for kind, t in times.items()}
+    decode: dict[str, list[float]] = {"full": [], "judgeq": []}
+    for _ in range(max(1, repeats // 2)):
+        for kind in decode:
+            decode[kind].append(
+                decode_ms_per_token(model, ids, make_cache(model, kind, kept, adapter), decode_steps)
+            )
+    full, evicted = make_cache(model, "full", kept, adapter), make_cache(model, "judgeq", kept, adapter)
+    prefill_seconds(model, ids, full)
+    prefill_seconds(model, ids, evicted)
+    return OverheadRow(
+        prompt_tokens=ids.shape[1],
+        judgeq_overhead=med["judgeq"] / med["full"],
+        snapkv_overhead=med["snapkv"] / med["full"],
+        decode_ms_full=statistics.median(decode["full"]),
+        decode_ms_kept=statistics.median(decode["judgeq"]),
+        kv_bytes_ratio=kv_bytes(evicted) / kv_bytes(full),
+    )
+
+
+def _load(adapter_path: str):
+    from .models import load_embedded_model
+
+    model, tokenizer = load_embedded_model()
+    try:
+        adapter = JudgeQAdapter.from_pretrained(adapter_path)
+    except (OSError, ValueError) as err:
+        logger.warning(
+            "no adapter at %s (%s): timing an untrained one, which costs the same", adapter_path, err
+        )
+        adapter = JudgeQAdapter.init_for(model)
+    return model, tokenizer, adapter
+
+
+def _rss_probe(kind: str, length: int, kept: float, steps: int, adapter_path: str) -> None:
+    """Child process: prefill + decode with one cache kind; print peak RSS (MiB) as JSON."""
+    model, tokenizer, adapter = _load(adapter_path)
+    ids = corpus_prompt(tokenizer, length)
+    decode_ms_per_token(model, ids, make_cache(model, kind, kept, adapter), steps)
+    sys.stdout.write(
+        json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}) + "\n"
+    )
+
+
+def peak_rss_mib(kind: str, length: int, kept: float, steps: int, adapter_path: str) -> float:
+    cmd = [sys.executable, "-m", "judgeq_cache.bench", "--rss-probe", kind, "--lengths", str(length)]
+    cmd += ["--kept", str(kept), "--decode-steps", str(steps), "--adapter", adapter_path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def markdown(rows: list[OverheadRow], kept: float) -> str:
+    lines = [
+        f"| prompt tokens | Judge Q scoring overhead | SnapKV overhead | decode ms/token full | decode ms/token "
+        f"{kept:.0%} kept | decode ratio | KV bytes ratio | peak RSS full / {kept:.0%} kept (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rss = "-" if r.peak_rss_full_mib is None else f"{r.peak_rss_full_mib:.0f} / {r.peak_rss_kept_mib:.0f}"
+        lines.append(
+            f"| {r.prompt_tokens} | {r.judgeq_overhead:.3f} | {r.snapkv_overhead:.3f} | {r.decode_ms_full:.1f} | "
+            f"{r.decode_ms_kept:.1f} | {r.decode_ratio:.2f} | {r.kv_bytes_ratio:.3f} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lengths", default="1024,2048,4096", help="prompt lengths in tokens")
+    parser.add_argument(
+        "--kept", type=float, default=0.1, help="kept fraction for the decode and memory columns"
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--adapter", default=DEFAULT_ADAPTER)
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh subprocesses")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.rss_probe:
+        _rss_probe(args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter)
+        return 0
+    model, tokenizer, adapter = _load(args.adapter)
+    rows = []
+    for length in lengths:
+        logger.info("measuring %d-token prompts", length)
+        row = measure(
+            model, corpus_prompt(tokenizer, length), adapter, args.kept, args.repeats, args.decode_steps
+        )
+        if args.rss:
+            row.peak_rss_full_mib = peak_rss_mib("full", length, args.kept, args.decode_steps, args.adapter)
+            row.peak_rss_kept_mib = peak_rss_mib("judgeq", length, args.kept, args.decode_steps, args.adapter)
+        rows.append(row)
+    header = (
+        f"SmolLM2-135M-Instruct, fp32, {'CUDA' if torch.cuda.is_available() else 'CPU'}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    sys.stdout.write(f"{header}\n\n{markdown(rows, args.kept)}\n")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([asdict(r) for r in rows], fh, indent=2)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="scoring overhead, decode speed and KV memory vs a full cache"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(cli)
+    sys.exit(run(cli.parse_args()))

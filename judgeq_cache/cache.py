@@ -321,12 +321,13 @@ class EvictionCache(DynamicCache):
         layer = self.layers[layer_idx]
         if budget >= layer.stored_length:
             return
+        key_mask = prefill.key_mask.to(layer.keys.device)  # layers may live on several devices
         inputs = LayerInputs(
             layer_idx=layer_idx,
             keys=layer.keys,
             values=layer.values,
             attention=None if attention is None else attention.get(layer_idx),
-            key_mask=prefill.key_mask,
+            key_mask=key_mask,
             budget=budget,
         )
         scores = self.scorer.score(inputs)
@@ -334,8 +335,8 @@ class EvictionCache(DynamicCache):
         indices = kernels.select_indices(
             scores,
             budget,
-            key_mask=prefill.key_mask,
-            protected=protected_mask(prefill.key_mask, sinks, recent),
+            key_mask=key_mask,
+            protected=protected_mask(key_mask, sinks, recent),
             pooling_kernel=self.scorer.pooling_kernel,
             pooling=self.scorer.pooling,
         )

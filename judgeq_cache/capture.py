@@ -111,7 +111,7 @@ class AttentionCapture:
         if scaling is None:
             scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
         softcap = kwargs.get("softcap")
-        key_mask = plan.key_mask
+        key_mask = None if plan.key_mask is None else plan.key_mask.to(key.device)
         if key_mask is not None and key_mask.shape[-1] != key.shape[-2]:
             raise RuntimeError(
                 f"scoring pass saw {key.shape[-2]} keys at layer {module.layer_idx} but expected "

@@ -333,6 +333,7 @@ def model_card(
         "",
         "```python",
         "from judgeq_cache import JudgeQAdapter, JudgeQCache",
+        "",
         f'adapter = JudgeQAdapter.from_pretrained("{repo_id or "path/to/this/dir"}")',
         "cache = JudgeQCache(model, adapter, budget=0.25)",
         "out = model.generate(**inputs, past_key_values=cache, max_new_tokens=128)",

@@ -408,3 +408,20 @@ def test_ruler_loader_on_local_jsonl(tmp_path):
     assert load_ruler("qa_1", data_dir=tmp_path)[0].metric == "string_match_part"
     with pytest.raises(ValueError, match="prepare.py"):
         load_ruler("niah_single_1")
+
+
+def test_untrained_judgeq_rows_are_reported_apart_from_trained_ones(tmp_path):
+    from dataclasses import asdict, replace
+
+    from judgeq_cache.eval.report import markdown_report
+
+    rows = [r for r in _fake_records() if r.method in ("full", "judgeq")]
+    rows = [replace(r, adapter="untrained adapter") if r.method == "judgeq" else r for r in rows]
+    trained = [replace(r, adapter="bundled", score=1.0) for r in rows if r.method == "judgeq"]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps(asdict(r)) for r in rows) + "\n")
+    b.write_text("\n".join(json.dumps(asdict(r)) for r in trained) + "\n")
+    records = read_records(a, b)
+    assert len(records) == len(rows) + len(trained)
+    text = markdown_report(records)
+    assert "| judgeq | 100 (2) |" in text and "| judgeq-untrained | 50 (2) |" in text

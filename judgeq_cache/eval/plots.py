@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from .records import Record
+from .records import Record, method_label
 from .report import FULL_CACHE_FLOOR, _method_order, valid_tasks
 
 __all__ = ["plot_accuracy"]
@@ -29,13 +29,13 @@ def plot_accuracy(records: list[Record], path: str, title: str = "", exclude_fai
     fig, axes = plt.subplots(
         1, max(1, len(settings)), figsize=(5 * max(1, len(settings)), 4), sharey=True, squeeze=False
     )
-    methods = _method_order({r.method for r in records})
+    methods = _method_order({method_label(r) for r in records})
     cmap = plt.get_cmap("tab20")
     for ax, setting in zip(axes[0], settings):
         points: dict[tuple[str, str], list[Record]] = defaultdict(list)
         for r in records:
             if r.setting == setting:
-                points[(r.method, r.budget)].append(r)
+                points[(method_label(r), r.budget)].append(r)
         for i, m in enumerate(methods):
             if m == "full":
                 rs = points.get(("full", "full"), [])
@@ -52,7 +52,13 @@ def plot_accuracy(records: list[Record], path: str, title: str = "", exclude_fai
                     )
             if xs:
                 xs.sort()
-                style = dict(lw=2.5, color="tab:red") if m == "judgeq" else dict(lw=1.2, color=cmap(i % 20))
+                style = (
+                    dict(lw=2.5, color="tab:red")
+                    if m == "judgeq"
+                    else dict(lw=1.5, color="salmon")
+                    if m == "judgeq-untrained"
+                    else dict(lw=1.2, color=cmap(i % 20))
+                )
                 ls = ":" if m.startswith("kvpress-") else "-"
                 ax.plot([x for x, _ in xs], [y for _, y in xs], marker="o", ls=ls, label=m, **style)
         ax.set_title(setting)

@@ -8,7 +8,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Record", "append_record", "budget_label", "parse_budget", "read_records", "record_key"]
+__all__ = [
+    "Record",
+    "append_record",
+    "budget_label",
+    "method_label",
+    "parse_budget",
+    "read_records",
+    "record_key",
+]
 
 
 @dataclass
@@ -41,7 +49,7 @@ class Record:
 
     @property
     def key(self) -> tuple[str, int, str, str, str]:
-        return record_key(self.task, self.index, self.setting, self.method, self.budget)
+        return record_key(self.task, self.index, self.setting, method_label(self), self.budget)
 
 
 def record_key(
@@ -49,6 +57,19 @@ def record_key(
 ) -> tuple[str, int, str, str, str]:
     """The identity of a result line (what ``--resume`` skips)."""
     return (task, int(index), setting, method, budget)
+
+
+def method_label(record: Record) -> str:
+    """The name a record is reported (and resumed) under: ``judgeq`` rows made with an untrained
+    adapter are ``judgeq-untrained`` (so they never mix with a trained adapter's rows)."""
+    return label_for(record.method, record.adapter)
+
+
+def label_for(method: str, adapter: str) -> str:
+    """See :func:`method_label`."""
+    if method == "judgeq" and adapter.startswith("untrained"):
+        return "judgeq-untrained"
+    return method
 
 
 def parse_budget(text: str | int | float) -> int | float:

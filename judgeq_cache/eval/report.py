@@ -6,7 +6,7 @@ import datetime
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from .records import Record
+from .records import Record, method_label
 
 __all__ = ["aggregate", "budget_order", "format_table", "markdown_report", "valid_tasks"]
 
@@ -51,12 +51,12 @@ def aggregate(
     for r in records:
         value = getattr(r, field)
         if value is not None:
-            groups[(r.setting, r.method, r.budget)].append(float(value))
+            groups[(r.setting, method_label(r), r.budget)].append(float(value))
     return {k: (_mean(v), len(v)) for k, v in groups.items()}
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    ours = ["full", "judgeq", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
+    ours = ["full", "judgeq", "judgeq-untrained", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
     methods = set(methods)
     return [m for m in ours if m in methods] + sorted(m for m in methods if m not in ours)
 

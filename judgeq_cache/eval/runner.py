@@ -18,7 +18,7 @@ from ..hitrate import hit_rate
 from ..prefill import SharedPrefill
 from .metrics import score
 from .prompts import Prompt, build_prompt
-from .records import Record, append_record, budget_label, read_records, record_key
+from .records import Record, append_record, budget_label, label_for, read_records, record_key
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,13 @@ def evaluate(
             (m, b)
             for m in methods
             for b in ([None] if m == "full" else budgets)
-            if record_key(sample.task, sample.index, setting, m, "full" if b is None else budget_label(b))
+            if record_key(
+                sample.task,
+                sample.index,
+                setting,
+                label_for(m, adapter_label),
+                "full" if b is None else budget_label(b),
+            )
             not in done
         ]
         if not wanted:

@@ -15,12 +15,12 @@ from judgeq_cache.training import (
     ResponseStore,
     TrainConfig,
     TrainingError,
-    _kept,
     alignment_loss,
     evaluate_hit_rates,
     prepare_examples,
     train,
 )
+from judgeq_cache.training.objective import _kept
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -170,7 +170,7 @@ def test_target_is_response_attention_and_prediction_has_gradient(tokenizer):
         ref = cache.appended_attention({"input_ids": resp})
     for layer, t in ex.target.items():
         torch.testing.assert_close(t[:1, :, -n0:], ref[layer], atol=2e-5, rtol=1e-4)
-    from judgeq_cache.training import _soft_attention
+    from judgeq_cache.training.objective import _soft_attention
 
     adapter.rows.requires_grad_(True)
     for p in model.parameters():
@@ -265,7 +265,7 @@ def test_training_reduces_loss_on_a_fixed_batch(tokenizer):
     cfg = small_config(max_steps=30, lr=5e-2, warmup_ratio=0.0, batch_size=3)
     adapter = JudgeQAdapter.init_for(model, 4, init="mean")
     examples = prepare_examples(model, tokenizer, text_prompts(3), adapter, cfg, progress=False)
-    from judgeq_cache.training import _soft_attention
+    from judgeq_cache.training.objective import _soft_attention
 
     def loss_now():
         pred, _ = _soft_attention(model, adapter, examples[0], grad=False)
@@ -311,7 +311,7 @@ def test_empty_dataset_and_empty_responses(tmp_path, tokenizer, caplog):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tokenizer, monkeypatch):
     model = make_model("llama")
     cfg = small_config(max_steps=6, save_every=2)
-    import judgeq_cache.training as tr
+    import judgeq_cache.training.loop as tr
 
     calls = {"n": 0}
     real = tr.alignment_loss

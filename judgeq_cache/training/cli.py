@@ -1,0 +1,130 @@
+"""``judgeq train``: the command line of the training recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+
+from ..prompts import Prompt, corpus_prompts, load_prompts
+from .config import TrainConfig, TrainingError
+from .loop import train
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _load_model(name: str, dtype: str):
+    from ..models import load_model
+
+    return load_model(name, dtype=dtype)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        num_soft_tokens=args.num_soft_tokens,
+        init=args.init,
+        loss=args.loss,
+        ignore_first=args.ignore_first,
+        lr=args.lr,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        max_prompt_tokens=args.max_prompt_tokens,
+        seed=args.seed,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        keep_prefill=not args.no_keep_prefill,
+    )
+    model, tokenizer = _load_model(args.model, args.dtype)
+    prompts: list[Prompt] = []
+    for source in args.data or []:
+        prompts += load_prompts(source, split=args.split, field=args.field, limit=args.limit)
+    if args.corpus_prompts:
+        prompts += corpus_prompts(
+            tokenizer,
+            args.corpus_prompts,
+            min_tokens=args.min_tokens,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        )
+    if not prompts:
+        raise TrainingError("no prompts: pass --data FILE/DATASET and/or --corpus-prompts N")
+    rng = random.Random(args.seed)
+    rng.shuffle(prompts)
+    n_held = int(round(args.heldout * len(prompts))) if args.heldout < 1 else int(args.heldout)
+    n_held = min(n_held, len(prompts) - 1)
+    held, train_set = prompts[:n_held], prompts[n_held:]
+    _, report = train(
+        model,
+        tokenizer,
+        train_set,
+        args.output,
+        config,
+        heldout_prompts=held,
+        responses_path=args.responses,
+        resume=args.resume,
+    )
+    logger.info("report: %s", json.dumps(report, indent=2))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train Judge Q soft tokens for a model",
+        description="Train Judge Q soft tokens (attention alignment). Runs on one CPU with plain "
+        "`judgeq train ...`, or data-parallel with `accelerate launch -m judgeq_cache.training ...`.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2", help="Hub id, local dir, or 'smollm2' (embedded, offline)")
+    p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    p.add_argument(
+        "--data", action="append", help="JSON/JSONL file, save_to_disk dir or datasets name (repeatable)"
+    )
+    p.add_argument("--split", default="train")
+    p.add_argument("--field", default=None, help="conversation/text field (default: auto)")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many records per --data")
+    p.add_argument("--corpus-prompts", type=int, default=0, help="add N prompts over the bundled books")
+    p.add_argument("--min-tokens", type=int, default=1000, help="bundled-text excerpt length, minimum")
+    p.add_argument("--max-tokens", type=int, default=3000, help="bundled-text excerpt length, maximum")
+    p.add_argument("--heldout", type=float, default=0.15, help="held-out fraction (<1) or count (>=1)")
+    p.add_argument("--output", "-o", required=True, help="output adapter directory")
+    p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    p.add_argument("--num-soft-tokens", type=int, default=32)
+    p.add_argument("--init", choices=["vocab", "mean"], default="vocab")
+    p.add_argument("--loss", choices=["mse", "kl"], default="mse")
+    p.add_argument("--ignore-first", type=int, default=4, help="first prompt tokens left out of the loss")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample responses (default greedy)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="middle-truncate longer prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--no-keep-prefill", action="store_true", help="re-prefill each step (saves memory)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m judgeq_cache.training")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""The training loop: AdamW on the soft rows, warm-up + cosine, accumulation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapter import JudgeQAdapter
+from ..prompts import Prompt
+from .config import OPTIMIZER_STATE, TRAINER_STATE, TrainConfig, TrainingError
+from .data import Example, ResponseStore, prepare_examples
+from .objective import _soft_attention, alignment_loss, evaluate_hit_rates
+
+logger = logging.getLogger(__name__)
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _save_checkpoint(directory: Path, adapter, optimizer, scheduler, state: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    adapter.save_pretrained(directory)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        directory / OPTIMIZER_STATE,
+    )
+    tmp = directory / f".{TRAINER_STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(directory / TRAINER_STATE)
+
+
+def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path | None:
+    """Loss curve PNG (training loss per step, held-out loss where measured)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no loss plot")
+        return None
+    steps = [h["step"] for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], lw=0.8, alpha=0.5, label="train (per step)")
+    if len(steps) >= 10:
+        w = max(2, len(steps) // 20)
+        losses = [h["loss"] for h in history if "loss" in h]
+        smooth = [
+            sum(losses[max(0, i - w + 1) : i + 1]) / len(losses[max(0, i - w + 1) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot(steps, smooth, lw=1.5, label=f"train (mean of {w})")
+    held = [(h["step"], h["heldout_loss"]) for h in history if "heldout_loss" in h]
+    if held:
+        ax.plot(*zip(*held), "o-", label="held-out")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("alignment loss")
+    ax.set_title(title or "Judge Q soft-token training")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    train_prompts: Sequence[Prompt] | None,
+    output_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    heldout_prompts: Sequence[Prompt] | None = None,
+    adapter: JudgeQAdapter | None = None,
+    responses_path: str | Path | None = None,
+    resume: bool = False,
+    train_examples: list[Example] | None = None,
+    heldout_examples: list[Example] | None = None,
+    accelerator: Any = None,
+    progress: bool = True,
+) -> tuple[JudgeQAdapter, dict[str, Any]]:
+    """Train soft tokens for ``model`` (frozen) and save the adapter to ``output_dir``.
+
+    Writes ``output_dir/{adapter_config.json, adapter_model.safetensors, loss_curve.png,
+    history.jsonl}`` and checkpoints under ``output_dir/checkpoint/`` (adapter + optimizer +
+    trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
+    (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
+    between runs (e.g. comparing initialisations). Returns the adapter and the final report.
+    """
+    config = config or TrainConfig()
+    output_dir = Path(output_dir)
+    ckpt_dir = output_dir / "checkpoint"
+    if accelerator is None:
+        try:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        except ImportError:
+            accelerator = None
+    is_main = accelerator is None or accelerator.is_main_process
+    world = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    if accelerator is not None and next(model.parameters()).device != accelerator.device:
+        model.to(accelerator.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    model.eval()  # dropout off; and transformers' gradient checkpointing is never switched on here
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    state: dict[str, Any] = {"step": 0, "history": [], "wall_seconds": 0.0}
+    if adapter is None:
+        if resume and (ckpt_dir / TRAINER_STATE).is_file():
+            adapter = JudgeQAdapter.from_pretrained(ckpt_dir)
+        else:
+            adapter = JudgeQAdapter.init_for(
+                model, config.num_soft_tokens, seed=config.seed, init=config.init
+            )
+    adapter.check_compatible(model)
+    device = model.get_input_embeddings().weight.device
+    adapter.to(device)
+    adapter.rows.requires_grad_(True)
+
+    store = ResponseStore(responses_path if responses_path is not None else output_dir / "responses.jsonl")
+    if train_examples is None:
+        # Each process prepares its shard of the prompts.
+        shard = list(train_prompts or [])[rank::world]
+        if not train_prompts:
+            raise TrainingError("no training prompts: the dataset is empty")
+        if world > 1:
+            store = ResponseStore(Path(store.path).with_suffix(f".rank{rank}.jsonl")) if store.path else store
+        train_examples = prepare_examples(
+            model,
+            tokenizer,
+            shard,
+            adapter,
+            config,
+            store,
+            progress=progress and is_main,
+            desc="train prefill",
+        )
+    if heldout_examples is None and heldout_prompts and is_main:
+        held_cfg = TrainConfig(**{**config.to_dict(), "eval_budgets": config.eval_budgets})
+        heldout_examples = prepare_examples(
+            model,
+            tokenizer,
+            heldout_prompts,
+            adapter,
+            held_cfg,
+            store,
+            window_size=32,
+            progress=progress,
+            desc="held-out prefill",
+        )
+
+    optimizer = torch.optim.AdamW([adapter.rows], lr=config.lr, weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * config.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, config.max_steps))
+    if resume and (ckpt_dir / TRAINER_STATE).is_file():
+        saved = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = json.loads((ckpt_dir / TRAINER_STATE).read_text())
+        logger.info("resuming from %s at step %d", ckpt_dir, state["step"])
+    elif resume:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
+
+    report: dict[str, Any] = {}
+    if heldout_examples and is_main and state["step"] == 0:
+        report["initial"] = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
+        state["history"].append({"step": 0, "heldout_loss": report["initial"]["heldout_loss"]})
+        logger.info("before training: %s", _fmt_metrics(report["initial"]))
+
+    from tqdm.auto import tqdm
+
+    rng = random.Random(config.seed + state["step"])
+    order: list[int] = []
+    bar = tqdm(
+        total=config.max_steps, initial=state["step"], desc="train", disable=not (progress and is_main)
+    )
+    t0 = time.perf_counter()
+    wall_before = state.get("wall_seconds", 0.0)
+    while state["step"] < config.max_steps:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(config.grad_accum):
+            if not order:
+                order = list(range(len(train_examples)))
+                rng.shuffle(order)
+            example = train_examples[order.pop()]
+            pred, _ = _soft_attention(model, adapter, example, grad=True)
+            loss = alignment_loss(
+                pred, example.target, example.attention_mask, config.loss, config.ignore_first
+            )
+            (loss / config.grad_accum).backward()
+            total += float(loss.detach()) / config.grad_accum
+        grad = adapter.rows.grad
+        if accelerator is not None and world > 1:
+            grad.copy_(accelerator.reduce(grad, reduction="mean"))
+            total = float(accelerator.reduce(torch.tensor(total, device=grad.device), reduction="mean"))
+        if not math.isfinite(total) or not torch.isfinite(grad).all():
+            bar.close()
+            raise TrainingError(
+                f"non-finite loss ({total}) at step {state['step'] + 1}; the last good checkpoint is in {ckpt_dir} "
+                "(lower --lr or check the data); nothing after it was saved"
+            )
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([adapter.rows], config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        entry = {"step": state["step"], "loss": total, "lr": scheduler.get_last_lr()[0]}
+        bar.set_postfix(loss=f"{total:.4f}")
+        bar.update(1)
+        if heldout_examples and is_main and config.eval_every and state["step"] % config.eval_every == 0:
+            metrics = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
+            entry.update(metrics)
+            logger.info("step %d: %s", state["step"], _fmt_metrics(metrics))
+        state["history"].append(entry)
+        state["wall_seconds"] = wall_before + time.perf_counter() - t0
+        if is_main and config.save_every and state["step"] % config.save_every == 0:
+            _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
+    bar.close()
+    state["wall_seconds"] = wall_before + time.perf_counter() - t0
+
+    if heldout_examples and is_main:
+        report["final"] = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
+        state["history"].append({"step": state["step"], "heldout_loss": report["final"]["heldout_loss"]})
+        logger.info("after training: %s", _fmt_metrics(report["final"]))
+    report["steps"] = state["step"]
+    report["train_loop_seconds"] = round(state["wall_seconds"], 1)
+    report["train_prompts"] = sum(len(e.ids) for e in train_examples) * world
+    if is_main:
+        adapter.config.training = {
+            **config.to_dict(),
+            "train_prompts": report["train_prompts"],
+            "world_size": world,
+        }
+        adapter.config.metrics = {
+            **{k: round(v, 4) for k, v in report.get("final", {}).items() if isinstance(v, float)},
+            **{
+                f"initial/{k}": round(v, 4)
+                for k, v in report.get("initial", {}).items()
+                if isinstance(v, float)
+            },
+            "train_loop_seconds": report["train_loop_seconds"],
+        }
+        _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
+        adapter.save_pretrained(output_dir)
+        with (output_dir / "history.jsonl").open("w") as f:
+            for h in state["history"]:
+                f.write(json.dumps(h) + "\n")
+        plot_loss(
+            state["history"], output_dir / "loss_curve.png", title=f"Judge Q: {adapter.config.base_model}"
+        )
+        (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    adapter.rows.requires_grad_(False)
+    return adapter, report
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

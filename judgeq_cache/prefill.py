@@ -44,6 +44,9 @@ class SharedPrefill:
         window_size: int = 32,
         all_queries: bool = True,
     ) -> None:
+        device = model.get_input_embeddings().weight.device
+        input_ids = input_ids.to(device)
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
         self.model = model
         self.input_ids = input_ids
         self.attention_mask = attention_mask

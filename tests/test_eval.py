@@ -425,3 +425,13 @@ def test_untrained_judgeq_rows_are_reported_apart_from_trained_ones(tmp_path):
     assert len(records) == len(rows) + len(trained)
     text = markdown_report(records)
     assert "| judgeq | 100 (2) |" in text and "| judgeq-untrained | 50 (2) |" in text
+
+
+def test_paired_report_keeps_only_prompts_every_method_answered():
+    from judgeq_cache.eval.report import markdown_report, paired
+
+    records = _fake_records()
+    records = [r for r in records if not (r.method == "kvpress-snapkv" and r.index == 0)]
+    kept = paired(records)
+    assert {r.index for r in kept} == {1}
+    assert "| judgeq | 100 (1) | 100 (1) |" in markdown_report(records, paired_only=True)

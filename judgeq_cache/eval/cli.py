@@ -80,6 +80,7 @@ def register_cli(subparsers) -> None:
     )
     rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
     rep.add_argument("--title", default="Results")
+    rep.add_argument("--paired", action="store_true", help="only prompts that every method answered")
     rep.set_defaults(func=_report)
 
 
@@ -166,8 +167,10 @@ def _report(args) -> int:
     if args.plot:
         from .plots import plot_accuracy
 
-        plot = plot_accuracy(records, args.plot)
-    text = markdown_report(records, title=args.title, command=args.command, plot=plot)
+        plot = plot_accuracy(records, args.plot, paired_only=args.paired)
+    text = markdown_report(
+        records, title=args.title, command=args.command, plot=plot, paired_only=args.paired
+    )
     if args.markdown:
         from pathlib import Path
 

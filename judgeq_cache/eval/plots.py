@@ -6,12 +6,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from .records import Record, method_label
-from .report import FULL_CACHE_FLOOR, _method_order, valid_tasks
+from .report import FULL_CACHE_FLOOR, _method_order, paired, valid_tasks
 
 __all__ = ["plot_accuracy"]
 
 
-def plot_accuracy(records: list[Record], path: str, title: str = "", exclude_failing: bool = True) -> str:
+def plot_accuracy(
+    records: list[Record], path: str, title: str = "", exclude_failing: bool = True, paired_only: bool = False
+) -> str:
     """Write the figure to ``path`` (PNG) and return ``path``. The full cache is a dashed line;
     tasks the full cache fails are left out (as in the report) unless ``exclude_failing=False``."""
     import matplotlib
@@ -23,6 +25,8 @@ def plot_accuracy(records: list[Record], path: str, title: str = "", exclude_fai
         {t for t, a in valid_tasks(records).items() if a < FULL_CACHE_FLOOR} if exclude_failing else set()
     )
     records = [r for r in records if r.task not in failing]
+    if paired_only:
+        records = paired(records)
     settings = [
         s for s in ("query-aware", "query-agnostic", "question-first") if any(r.setting == s for r in records)
     ]

@@ -61,14 +61,32 @@ def _method_order(methods: Iterable[str]) -> list[str]:
     return [m for m in ours if m in methods] + sorted(m for m in methods if m not in ours)
 
 
+def paired(records: list[Record]) -> list[Record]:
+    """Only the prompts (task, sample, setting) that every reported method and budget answered, so
+    all methods of a setting are compared on the same samples."""
+    cells: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    have: dict[tuple[str, int, str], set[tuple[str, str]]] = defaultdict(set)
+    for r in records:
+        cells[r.setting].add((method_label(r), r.budget))
+        have[(r.task, r.index, r.setting)].add((method_label(r), r.budget))
+    return [r for r in records if have[(r.task, r.index, r.setting)] >= cells[r.setting]]
+
+
 def markdown_report(
-    records: list[Record], *, title: str = "Results", command: str = "", plot: str | None = None
+    records: list[Record],
+    *,
+    title: str = "Results",
+    command: str = "",
+    plot: str | None = None,
+    paired_only: bool = False,
 ) -> str:
     """Accuracy, hit rate, memory and time tables per setting; tasks the full cache fails are listed
-    and left out of the averages."""
+    and left out of the averages. ``paired_only`` keeps only prompts every method answered."""
     full_acc = valid_tasks(records)
     failing = {t for t, acc in full_acc.items() if acc < FULL_CACHE_FLOOR}
     used = [r for r in records if r.task not in failing]
+    if paired_only:
+        used = paired(used)
     out = [f"# {title}", "", f"Generated {datetime.date.today().isoformat()} by `judgeq eval report`."]
     if command:
         out += ["", "Reproduce with:", "", "```bash", command.strip(), "```"]
@@ -89,6 +107,8 @@ def markdown_report(
             f"{t} {acc:.0%}" + (" (excluded)" if t in failing else "") for t, acc in sorted(full_acc.items())
         ),
     ]
+    if paired_only:
+        out += ["", "Paired: every method is scored on the same prompts (those all methods answered)."]
     if plot:
         out += ["", f"![accuracy vs kept fraction]({plot.split('/')[-1]})"]
     acc = aggregate(used)

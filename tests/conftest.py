@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
+
+# Triton reads this when it is first imported (transformers may import it early): the kernel tests run
+# the Triton kernels in interpreter mode on CPU. The library itself never runs Triton on CPU tensors.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -34,7 +34,8 @@ def plot_accuracy(
         1, max(1, len(settings)), figsize=(5 * max(1, len(settings)), 4), sharey=True, squeeze=False
     )
     methods = _method_order({method_label(r) for r in records})
-    cmap = plt.get_cmap("tab20")
+    # tab20 without its reds (red is Judge Q's)
+    palette = [c for j, c in enumerate(plt.get_cmap("tab20").colors) if j not in (6, 7)]
     for ax, setting in zip(axes[0], settings):
         points: dict[tuple[str, str], list[Record]] = defaultdict(list)
         for r in records:
@@ -61,7 +62,7 @@ def plot_accuracy(
                     if m == "judgeq"
                     else dict(lw=1.5, color="salmon")
                     if m == "judgeq-untrained"
-                    else dict(lw=1.2, color=cmap(i % 20))
+                    else dict(lw=1.2, color=palette[i % len(palette)])
                 )
                 ls = ":" if m.startswith("kvpress-") else "-"
                 ax.plot([x for x, _ in xs], [y for _, y in xs], marker="o", ls=ls, label=m, **style)
@@ -71,7 +72,7 @@ def plot_accuracy(
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=7, loc="lower right")
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

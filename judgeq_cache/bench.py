@@ -88,7 +88,7 @@ def corpus_prompt(tokenizer, length: int) -> torch.Tensor:
     """``[1, length]`` token ids of bundled book text."""
     from .data import load_corpus
 
-    ids = tokenizer(load_corpus("moby_dick")[: length * 10], return_tensors="pt").input_ids[:, :length]
+    ids = tokenizer(load_corpus("moby_dick")[: length * 6], return_tensors="pt").input_ids[:, :length]
     if ids.shape[1] < length:
         raise ValueError(f"the bundled corpus is shorter than {length} tokens")
     return ids

@@ -194,10 +194,7 @@ def test_embedded_second_load_uses_cache(smollm2, monkeypatch):
         raise AssertionError("second load must not convert the GGUF again")
 
     monkeypatch.setattr(models, "_convert_gguf", no_conversion)
-    t0 = time.perf_counter()
-    model2, _ = models.load_embedded_model(dtype=torch.bfloat16)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 15.0, f"cached load took {elapsed:.1f} s"
+    model2, _ = models.load_embedded_model(dtype=torch.bfloat16)  # would raise if it converted again
     assert next(model2.parameters()).dtype == torch.bfloat16
     w1 = model.model.layers[0].self_attn.q_proj.weight
     w2 = model2.model.layers[0].self_attn.q_proj.weight

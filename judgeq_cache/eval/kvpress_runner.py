@@ -212,41 +212,14 @@ def evaluate_kvpress(
             shared = KVPressPrefill(model, prompt.compressed)
             prefill_seconds = time.perf_counter() - start
         for press_name, budget in wanted:
-            if press_name in _DEDICATED:
-                try:
-                    yield _one(
-                        model,
-                        tokenizer,
-                        sample,
-                        setting,
-                        prompt,
-                        shared,
-                        prefill_seconds,
-                        press_name,
-                        budget,
-                        stop,
-                        model_name,
-                        output,
-                    )
-                except Exception as err:  # e.g. KVzip's fake-key search failing on some models
-                    logger.error(
-                        "%s failed on %s (%s): %s; skipped", press_name, sample.sample_id, setting, err
-                    )
-                continue
-            yield _one(
-                model,
-                tokenizer,
-                sample,
-                setting,
-                prompt,
-                shared,
-                prefill_seconds,
-                press_name,
-                budget,
-                stop,
-                model_name,
-                output,
-            )
+            args = (model, tokenizer, sample, setting, prompt, shared, prefill_seconds, press_name, budget)
+            try:
+                yield _one(*args, stop, model_name, output)
+            except Exception as err:
+                if press_name not in _DEDICATED:
+                    raise
+                # e.g. KVzip's fake-key search failing on some models
+                logger.error("%s failed on %s (%s): %s; skipped", press_name, sample.sample_id, setting, err)
 
 
 def _ratio(budget: int | float, n: int) -> float:

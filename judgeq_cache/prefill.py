@@ -65,6 +65,7 @@ class SharedPrefill:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 use_cache=True,
+                logits_to_keep=1,  # only the last position's logits are ever read
                 **{self._base._cache_kwarg: self._base},
             )
         self.attention = {"window": window.scores, "all": everything.scores if all_queries else None}
@@ -75,7 +76,7 @@ class SharedPrefill:
 
     @property
     def logits(self) -> torch.Tensor:
-        """The prefill's logits (``[B, N, vocab]``): the first answer token comes from ``logits[:, -1]``."""
+        """The prefill's last-position logits (``[B, 1, vocab]``): the first answer token."""
         return self.outputs.logits
 
     def full_cache(self) -> EvictionCache:

@@ -61,20 +61,24 @@ def attention_scores(
     key_pos = torch.arange(n, device=query.device)
     for start in range(0, m, QUERY_CHUNK):
         stop = min(m, start + QUERY_CHUNK)
-        logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, start:stop], k) * scaling
+        # Keys after the chunk's last query are causally invisible to all of it: skip them.
+        seen = n if causal_offset is None else max(1, min(n, causal_offset + stop))
+        logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, start:stop], k[:, :, :seen]) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        allowed = torch.ones((bsz, stop - start, n), dtype=torch.bool, device=query.device)
+        allowed = torch.ones((bsz, stop - start, seen), dtype=torch.bool, device=query.device)
         if causal_offset is not None:
             q_pos = torch.arange(start, stop, device=query.device) + causal_offset
-            allowed = allowed & (key_pos[None, :] <= q_pos[:, None])[None]
+            allowed = allowed & (key_pos[None, :seen] <= q_pos[:, None])[None]
         if key_mask is not None:
-            allowed = allowed & key_mask[:, None, :].bool()
+            allowed = allowed & key_mask[:, None, :seen].bool()
         logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
         probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
         valid = _query_validity(key_mask, causal_offset, start, stop, bsz, n, query.device)
-        probs = probs * valid[:, None, None, :, None]
-        out = out + probs[..., :num_out].sum(dim=(2, 3))
+        if key_mask is not None:
+            probs = probs * valid[:, None, None, :, None]
+        cols = min(num_out, seen)
+        out[..., :cols] += probs[..., :cols].sum(dim=(2, 3))
         count = count + valid.sum(dim=-1).view(bsz, 1, 1)
     return out / (count * group).clamp_min(1.0)
 

@@ -427,6 +427,20 @@ def test_untrained_judgeq_rows_are_reported_apart_from_trained_ones(tmp_path):
     assert "| judgeq | 100 (2) |" in text and "| judgeq-untrained | 50 (2) |" in text
 
 
+def test_report_breaks_accuracy_down_by_task():
+    from dataclasses import replace
+
+    from judgeq_cache.eval.report import markdown_report
+
+    records = _fake_records()
+    records += [replace(r, task="needle_multikey", score=1.0) for r in records if r.task == "needle_single"]
+    text = markdown_report(records)
+    assert "By task (accuracy % at 25% / 10% kept" in text
+    assert "| method | needle_multikey | needle_single |" in text
+    assert "| judgeq | 100 / 100 | 50 / 50 |" in text and "| full | 100 | 100 |" in text
+    assert "kv_retrieval |" not in text  # excluded task (full cache fails it)
+
+
 def test_paired_report_keeps_only_prompts_every_method_answered():
     from judgeq_cache.eval.report import markdown_report, paired
 

@@ -85,7 +85,7 @@ class KVPressPrefill:
         handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
         self.cache = DynamicCache()
         try:
-            out = model(input_ids=input_ids, past_key_values=self.cache, use_cache=True)
+            out = model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()

@@ -72,6 +72,31 @@ def paired(records: list[Record]) -> list[Record]:
     return [r for r in records if have[(r.task, r.index, r.setting)] >= cells[r.setting]]
 
 
+def _by_task_table(records: list[Record], setting: str, methods: list[str], budgets: list[str]) -> list[str]:
+    """Lines of a method x task accuracy table for ``setting`` (nothing when it has a single task)."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in records:
+        if r.setting == setting:
+            groups[(method_label(r), r.task, r.budget)].append(r.score)
+    tasks = sorted({task for _, task, _ in groups})
+    if len(tasks) < 2:
+        return []
+    rows = []
+    for m in methods:
+        cells = []
+        for task in tasks:
+            values = [groups.get((m, task, b)) for b in (["full"] if m == "full" else budgets)]
+            cells.append(" / ".join("–" if v is None else f"{100 * _mean(v):.0f}" for v in values))
+        if any(c.strip("– /") for c in cells):
+            rows.append([m, *cells])
+    return [
+        "",
+        f"By task (accuracy % at {' / '.join(budgets)} kept; the full cache has one value):",
+        "",
+        format_table(["method", *tasks], rows),
+    ]
+
+
 def markdown_report(
     records: list[Record],
     *,
@@ -129,6 +154,7 @@ def markdown_report(
             if any(cells):
                 rows.append([m, *cells])
         out.append(format_table(["method", *budgets], rows))
+        out += _by_task_table(used, setting, methods, budgets)
         hit_rows = [
             [m, *(f"{100 * hit[(setting, m, b)][0]:.1f}" if (setting, m, b) in hit else "" for b in budgets)]
             for m in methods

@@ -331,6 +331,8 @@ class EvictionCache(DynamicCache):
             budget=budget,
         )
         scores = self.scorer.score(inputs)
+        if self.scorer.shared_heads:
+            scores = scores.mean(dim=1, keepdim=True).expand_as(scores)
         sinks, recent = self.scorer.protected_counts(budget)
         indices = kernels.select_indices(
             scores,

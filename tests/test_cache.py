@@ -63,6 +63,27 @@ def test_logits_equal_full_cache_with_evicted_entries_masked(arch, scorer, budge
         torch.testing.assert_close(g, e, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "h2o"])
+def test_shared_heads_keep_the_same_positions_in_every_head(scorer):
+    model = make_model("qwen2")  # 2 KV heads
+    ids = prompt(batch=2, length=64)
+    step = prompt(batch=2, length=1, seed=2)
+    per_head = build_cache(model, scorer, 0.5)
+    shared = build_cache(model, scorer, 0.5, shared_heads=True)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, per_head))
+        model(input_ids=ids, **cache_kwargs(model, shared))
+        got = model(input_ids=step, **cache_kwargs(model, shared)).logits
+    for idx in shared.kept_indices.values():
+        assert torch.equal(idx, idx[:, :1].expand_as(idx))
+    if scorer != "h2o":  # (its heavy hitters coincide across heads on this tiny model)
+        assert any(not torch.equal(i, i[:, :1].expand_as(i)) for i in per_head.kept_indices.values())
+    expected = masked_logits(
+        model, {"input_ids": ids}, [{"input_ids": step}], keep_masks(shared.kept_indices, 64)
+    )
+    torch.testing.assert_close(got, expected[0], atol=2e-5, rtol=2e-5)
+
+
 def test_judgeq_two_pass_scores_equal_one_pass_reference(arch):
     model = make_model(arch)
     ids = prompt(batch=2, length=30)

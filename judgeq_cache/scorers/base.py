@@ -56,12 +56,16 @@ class Scorer(ABC):
         First real tokens always kept.
     recent_tokens : int
         Last prompt tokens always kept.
+    shared_heads : bool
+        Keep the same positions in every KV head of a layer (scores averaged over the heads before the
+        top-k, as TOVA does) instead of a separate top-k per head.
     """
 
     pooling_kernel: int = 1
     pooling: str = "max"
     sink_tokens: int = 0
     recent_tokens: int = 0
+    shared_heads: bool = False
 
     name: ClassVar[str] = ""
     query_source: ClassVar[QuerySource] = "none"

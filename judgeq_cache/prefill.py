@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from .cache import EvictionCache
+from .cache import EvictionCache, _Prefill
 from .capture import AttentionCapture, QueryPlan
 from .scorers import Scorer, make_scorer
 
@@ -109,21 +110,49 @@ class SharedPrefill:
         cache.compress(attention)
         return cache
 
+    def stack(self, caches: Sequence[EvictionCache]) -> EvictionCache:
+        """One cache whose batch rows are ``caches``' rows, in order, to decode several compressed
+        copies of this prefill in one :meth:`generate` call (rows never interact: the result equals
+        decoding each alone). Every cache must store the same number of entries in each layer (same
+        budget; PyramidKV's layer budgets differ from the uniform ones)."""
+        if not caches:
+            raise ValueError("stack needs at least one cache")
+        lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
+        if len(lengths) > 1:
+            raise ValueError(
+                "caches store different numbers of entries per layer and cannot share a batch; "
+                "group them by budget and layer budgets first"
+            )
+        merged = EvictionCache(self.model, 1, "random", compress=False)
+        merged.layers = [copy.copy(layer) for layer in caches[0].layers]
+        for i, layer in enumerate(merged.layers):
+            layer.keys = torch.cat([c.layers[i].keys for c in caches])
+            layer.values = torch.cat([c.layers[i].values for c in caches])
+        prefill = self._base._prefill
+        rows = len(caches)
+        positions = None if prefill.position_ids is None else prefill.position_ids.repeat(rows, 1)
+        merged._prefill = _Prefill(prefill.length, prefill.key_mask.repeat(rows, 1), positions)
+        merged.prompt_length = self._base.prompt_length
+        merged._compressed = True
+        return merged
+
     @torch.no_grad()
     def generate(self, cache: EvictionCache, max_new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
-        """Greedy answer ``[B, T]`` from a cache made by :meth:`cache` or :meth:`full_cache`.
+        """Greedy answer ``[B, T]`` from a cache made by :meth:`cache`, :meth:`full_cache` or
+        :meth:`stack` (``[R * B, T]``, row blocks in the stacked order).
 
         The first token comes from the shared prefill's logits; ``generate`` then sees the prompt plus
         that token, slices off what the cache already holds (its logical length) and decodes on.
         """
-        first = self.logits[:, -1:].argmax(-1)
+        rows = cache._prefill.key_mask.shape[0] // self.input_ids.shape[0]
+        first = self.logits[:, -1:].argmax(-1).repeat(rows, 1)
         if max_new_tokens <= 1:
             return first
-        ids = torch.cat([self.input_ids, first], dim=1)
+        ids = torch.cat([self.input_ids.repeat(rows, 1), first], dim=1)
         mask = (
             None
             if self.attention_mask is None
-            else torch.cat([self.attention_mask, torch.ones_like(first)], 1)
+            else torch.cat([self.attention_mask.repeat(rows, 1), torch.ones_like(first)], 1)
         )
         out = self.model.generate(
             input_ids=ids,

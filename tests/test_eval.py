@@ -133,7 +133,7 @@ def test_budget_parsing():
 
 
 # ---------------------------------------------------------------------------- runners
-METHODS = ["full", "judgeq", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
+METHODS = ["full", "judgeq", "judgeq-shared", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
 
 
 def test_runner_writes_one_line_per_answer_and_resumes(tmp_path, tok, model):
@@ -160,6 +160,8 @@ def test_runner_writes_one_line_per_answer_and_resumes(tmp_path, tok, model):
         16 / full.prompt_tokens, abs=1e-6
     )
     assert 0.0 <= snap.hit_rate <= 1.0 and full.hit_rate is None
+    shared = by[("query-aware", "judgeq-shared", "25%")]
+    assert shared.kv_bytes == by[("query-aware", "judgeq", "25%")].kv_bytes and shared.adapter == ""
     assert by[("query-agnostic", "snapkv", "25%")].prompt_tokens < full.prompt_tokens
     # resume: nothing new; a deleted line is recomputed identically
     assert list(evaluate(model, tok, samples, resume=True, **kwargs)) == []

@@ -41,6 +41,25 @@ def test_shared_prefill_matches_a_dedicated_prefill_for_every_scorer(arch):
     assert torch.equal(full, model.generate(ids, max_new_tokens=4, do_sample=False)[:, 40:])
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_stacked_caches_decode_like_each_alone(arch):
+    model = make_model(arch)
+    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1))
+    shared = SharedPrefill(model, ids, window_size=8)
+    adapter = JudgeQAdapter.init_for(model, 4)
+    caches = [
+        shared.cache(0.25, "snapkv", window_size=8),
+        shared.cache(0.25, "judgeq", adapter=adapter, shared_heads=True),
+        shared.cache(0.25, "h2o"),
+        shared.cache(0.25, "streamingllm"),
+    ]
+    together = shared.generate(shared.stack(caches), max_new_tokens=6)  # leaves `caches` as they were
+    alone = torch.cat([shared.generate(c, max_new_tokens=6) for c in caches])
+    assert together.shape == alone.shape and torch.equal(together, alone)
+    with pytest.raises(ValueError, match="different numbers of entries"):
+        shared.stack([caches[0], shared.cache(0.5, "snapkv", window_size=8)])
+
+
 def test_window_mismatch_is_a_clear_error():
     model = make_model("llama")
     shared = SharedPrefill(model, torch.randint(3, 128, (1, 40)), window_size=8, all_queries=False)

@@ -67,8 +67,8 @@ def method_label(record: Record) -> str:
 
 def label_for(method: str, adapter: str) -> str:
     """See :func:`method_label`."""
-    if method == "judgeq" and adapter.startswith("untrained"):
-        return "judgeq-untrained"
+    if method.startswith("judgeq") and adapter.startswith("untrained"):
+        return method.replace("judgeq", "judgeq-untrained", 1)
     return method
 
 

@@ -56,7 +56,18 @@ def aggregate(
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    ours = ["full", "judgeq", "judgeq-untrained", "snapkv", "pyramidkv", "h2o", "streamingllm", "random"]
+    ours = [
+        "full",
+        "judgeq",
+        "judgeq-shared",
+        "judgeq-untrained",
+        "snapkv",
+        "snapkv-shared",
+        "pyramidkv",
+        "h2o",
+        "streamingllm",
+        "random",
+    ]
     methods = set(methods)
     return [m for m in ours if m in methods] + sorted(m for m in methods if m not in ours)
 
@@ -187,7 +198,8 @@ def markdown_report(
         "## Memory and time",
         "",
         "KV cache after compression (MiB) and seconds per answer (prefill + compression + decoding; "
-        "our methods share one prefill per prompt, counted in each), averaged over settings:",
+        "our methods share one prefill per prompt, counted in each, and decode the copies of one budget "
+        "as one batch, its time split evenly), averaged over settings:",
         "",
         format_table(["method", "budget", "KV MiB", "s/answer"], rows),
     ]

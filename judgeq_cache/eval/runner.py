@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "cache_kwarg", "decode_answer", "eos_ids", "evaluate", "kept_fraction"]
 
-#: Our methods and the scorer options the harness uses for them ("full" = no eviction).
+#: Our methods and the scorer options the harness uses for them ("full" = no eviction; ``scorer``
+#: names the scorer of a variant, otherwise the method name is the scorer name).
 METHODS: dict[str, dict[str, Any]] = {
     "full": {},
     "judgeq": {},
@@ -34,6 +36,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "h2o": {},
     "streamingllm": {},
     "random": {},
+    # The same positions kept in every KV head of a layer (see Scorer.shared_heads).
+    "judgeq-shared": {"scorer": "judgeq", "shared_heads": True},
+    "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
 }
 
 
@@ -75,9 +80,11 @@ def kept_fraction(cache: EvictionCache, prompt_length: int) -> float:
 
 
 def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tokens: int) -> torch.Tensor:
+    """Greedy answers ``[R, T]``, one row per batch row of ``cache`` (a single or stacked copy)."""
     if prompt.appended.shape[1] == 0:
-        return shared.generate(cache, max_new_tokens)[0]
-    ids = prompt.input_ids
+        return shared.generate(cache, max_new_tokens)
+    rows = cache._prefill.key_mask.shape[0]
+    ids = prompt.input_ids.repeat(rows, 1)
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
@@ -86,18 +93,19 @@ def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tok
         pad_token_id=model.generation_config.pad_token_id or 0,
         **{cache_kwarg(model): cache},
     )
-    return out[0, ids.shape[1] :]
+    return out[:, ids.shape[1] :]
 
 
 def _method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None):
     if method == "full":
         return shared.full_cache()
     options = dict(METHODS.get(method, {}))
-    if method == "judgeq":
+    scorer = options.pop("scorer", method)
+    if scorer == "judgeq":
         if adapter is None:
             raise ValueError("the judgeq method needs an adapter")
         options["adapter"] = adapter
-    return shared.cache(budget, method, **options)
+    return shared.cache(budget, scorer, **options)
 
 
 def evaluate(
@@ -165,19 +173,18 @@ def evaluate(
         prompt = build_prompt(tokenizer, sample, setting)
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
-        shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries="h2o" in methods)
+        all_queries = any(METHODS[m].get("scorer", m) == "h2o" for m in methods)
+        shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
         full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
         if with_hit_rate or any(m == "full" for m, _ in wanted):
             full = _decode(model, shared, "full", None, adapter, prompt, sample)
         critical = _critical(shared, prompt, full[0], budgets, stop, tokenizer) if with_hit_rate else {}
+        answers = _decode_together(
+            model, shared, [(m, b) for m, b in wanted if m != "full"], adapter, prompt, sample
+        )
         for method, budget in wanted:
-            if method == "full":
-                ids, kv_bytes, cache, seconds = full
-            else:
-                ids, kv_bytes, cache, seconds = _decode(
-                    model, shared, method, budget, adapter, prompt, sample
-                )
+            ids, kv_bytes, cache, seconds = full if method == "full" else answers[(method, budget)]
             seconds += prefill_seconds
             _, text = decode_answer(tokenizer, ids, stop)
             hit = None
@@ -199,7 +206,7 @@ def evaluate(
                 prompt_tokens=n,
                 hit_rate=hit,
                 model=model_name,
-                adapter=adapter_label if method == "judgeq" else "",
+                adapter=adapter_label if METHODS[method].get("scorer", method) == "judgeq" else "",
                 extra={"prefill_seconds": prefill_seconds},
             )
             if output is not None:
@@ -213,8 +220,39 @@ def _decode(model, shared, method, budget, adapter, prompt, sample):
     with torch.no_grad():
         cache = _method_cache(shared, method, budget, adapter)
         kv_bytes = cache.kv_bytes()
-        ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)
+        ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)[0]
     return ids, kv_bytes, cache, time.perf_counter() - start
+
+
+#: Compressed copies decoded together in one ``generate`` call (at most).
+DECODE_BATCH = 16
+
+
+def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple[str, Any], tuple]:
+    """:func:`_decode` for many ``(method, budget)`` jobs: each compresses its own copy, then copies
+    that store the same number of entries per layer decode as rows of one batch (exactly as alone;
+    see :meth:`SharedPrefill.stack`). A batch's decode time is split evenly over its rows."""
+    built = {}
+    for method, budget in jobs:
+        start = time.perf_counter()
+        with torch.no_grad():
+            cache = _method_cache(shared, method, budget, adapter)
+        built[(method, budget)] = (cache, cache.kv_bytes(), time.perf_counter() - start)
+    groups: dict[tuple[int, ...], list] = defaultdict(list)
+    for job, (cache, _, _) in built.items():
+        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(job)
+    out = {}
+    for members in groups.values():
+        for i in range(0, len(members), DECODE_BATCH):
+            chunk = members[i : i + DECODE_BATCH]
+            start = time.perf_counter()
+            stacked = shared.stack([built[job][0] for job in chunk])
+            rows = _answer_ids(model, shared, stacked, prompt, sample.max_new_tokens)
+            share = (time.perf_counter() - start) / len(chunk)
+            for job, ids in zip(chunk, rows):
+                cache, kv_bytes, seconds = built[job]
+                out[job] = (ids, kv_bytes, cache, seconds + share)
+    return out
 
 
 def _critical(shared, prompt, full_ids, budgets, stop, tokenizer) -> dict[Any, dict[int, torch.Tensor]]:

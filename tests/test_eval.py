@@ -212,10 +212,18 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
     from kvpress import ExpectedAttentionPress, KnormPress, SnapKVPress, TOVAPress
     from transformers import DynamicCache
 
-    from judgeq_cache.eval.kvpress_runner import KVPressPrefill, evaluate_kvpress
+    from judgeq_cache.eval.kvpress_runner import KVPressPrefill, evaluate_kvpress, greedy_decode, stack_caches
 
     ids = torch.randint(3, 260, (1, 150), generator=torch.Generator().manual_seed(0))
     shared = KVPressPrefill(model, ids)
+    presses = [SnapKVPress(compression_ratio=0.5), TOVAPress(compression_ratio=0.5), KnormPress(0.5)]
+    question = torch.tensor([[5, 6, 7]])
+    together = greedy_decode(
+        model, stack_caches([shared.compressed(p) for p in presses]), 150, question, shared.logits, 8, {2}
+    )
+    for press, row in zip(presses, together):
+        alone = greedy_decode(model, shared.compressed(press), 150, question, shared.logits, 8, {2})[0]
+        assert torch.equal(row, alone)
     for press in (
         SnapKVPress(compression_ratio=0.5, window_size=16),
         KnormPress(compression_ratio=0.75),

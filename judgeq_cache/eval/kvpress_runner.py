@@ -9,7 +9,8 @@ attention ran, so compression never changes the prefill's own outputs. We theref
 once per sample and setting, record what each attention layer's hook would see (its keyword inputs,
 the layer's keys and values), and call ``press.compress`` on those for every press and budget — the
 same call, on the same tensors, as kvpress's hook (``test_eval`` checks the equality when kvpress
-is installed). Presses with their own context manager (KVzip, which re-reads the context) get a
+is installed). The compressed caches of one size then decode as rows of one batch, which equals
+decoding each alone (rows never interact). Presses with their own context manager (KVzip, which re-reads the context) get a
 dedicated prefill. Decoding mirrors kvpress's pipeline: explicit position ids after the context,
 greedy, stop at EOS.
 """
@@ -20,7 +21,9 @@ import logging
 import os
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kvpress  # noqa: F401  (ImportError here means: kvpress is not installed)
@@ -132,26 +135,43 @@ def greedy_decode(
     first_logits: torch.Tensor,
     max_new_tokens: int,
     stop: set[int],
-) -> torch.Tensor:
-    """kvpress's decoding: ``appended`` ids (may be empty) then greedy tokens at explicit positions."""
+) -> list[torch.Tensor]:
+    """kvpress's decoding for each batch row of ``cache``: ``appended`` ids (may be empty), then greedy
+    tokens at explicit positions until a stop token (kept) or ``max_new_tokens``. Rows never interact,
+    so stacked caches decode exactly as each alone."""
+    rows = cache.layers[0].keys.shape[0]
     position = context_length
-    logits = first_logits
+    logits = first_logits.expand(rows, -1)
     if appended.shape[1]:
-        ids = appended
-        pos = torch.arange(position, position + ids.shape[1]).unsqueeze(0)
+        ids = appended.expand(rows, -1)
+        pos = torch.arange(position, position + ids.shape[1]).expand(rows, -1)
         logits = model(input_ids=ids, past_key_values=cache, position_ids=pos).logits[:, -1]
         position += ids.shape[1]
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(logits[0].argmax())
-        out.append(token)
-        if token in stop or len(out) == max_new_tokens:
+    out: list[list[int]] = [[] for _ in range(rows)]
+    finished = [False] * rows
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        for row, token in enumerate(tokens.tolist()):
+            if not finished[row]:
+                out[row].append(token)
+                finished[row] = token in stop
+        if all(finished) or step == max_new_tokens - 1:
             break
         logits = model(
-            input_ids=torch.tensor([[token]]), past_key_values=cache, position_ids=torch.tensor([[position]])
+            input_ids=tokens[:, None], past_key_values=cache, position_ids=torch.full((rows, 1), position)
         ).logits[:, -1]
         position += 1
-    return torch.tensor(out, dtype=torch.long)
+    return [torch.tensor(ids, dtype=torch.long) for ids in out]
+
+
+def stack_caches(caches: Sequence[DynamicCache]) -> DynamicCache:
+    """One ``DynamicCache`` whose batch rows are ``caches``' (equal lengths in every layer)."""
+    stacked = DynamicCache()
+    for i in range(len(caches[0].layers)):
+        keys = torch.cat([c.layers[i].keys for c in caches])
+        values = torch.cat([c.layers[i].values for c in caches])
+        stacked.update(keys, values, i)
+    return stacked
 
 
 def _masked_fraction(model, n: int) -> float | None:
@@ -211,15 +231,103 @@ def evaluate_kvpress(
             start = time.perf_counter()
             shared = KVPressPrefill(model, prompt.compressed)
             prefill_seconds = time.perf_counter() - start
+        ctx = _Job(tokenizer, sample, setting, prompt, stop, model_name, output, prefill_seconds)
+        batched = [(p, b) for p, b in wanted if shared is not None and p not in _DEDICATED]
+        yield from _run_batched(ctx, shared, batched)
         for press_name, budget in wanted:
-            args = (model, tokenizer, sample, setting, prompt, shared, prefill_seconds, press_name, budget)
+            if (press_name, budget) in batched:
+                continue
             try:
-                yield _one(*args, stop, model_name, output)
+                yield _run_dedicated(ctx, model, press_name, budget)
             except Exception as err:
-                if press_name not in _DEDICATED:
-                    raise
                 # e.g. KVzip's fake-key search failing on some models
                 logger.error("%s failed on %s (%s): %s; skipped", press_name, sample.sample_id, setting, err)
+
+
+@dataclass
+class _Job:
+    """One prompt (sample x setting) being answered by several presses."""
+
+    tokenizer: Any
+    sample: Sample
+    setting: str
+    prompt: Prompt
+    stop: set[int]
+    model_name: str
+    output: str | os.PathLike | None
+    prefill_seconds: float
+
+    @property
+    def context_length(self) -> int:
+        return self.prompt.compressed.shape[1]
+
+    def record(
+        self, press_name: str, press, budget, ids: torch.Tensor, kept: float, kv_bytes: int, seconds: float
+    ):
+        """The JSONL record of one answer (appended to ``output``)."""
+        sample = self.sample
+        _, text = decode_answer(self.tokenizer, ids, self.stop)
+        record = Record(
+            task=sample.task,
+            index=sample.index,
+            setting=self.setting,
+            method=press_name,
+            budget=budget_label(budget),
+            source="kvpress",
+            answer=text,
+            references=list(sample.answers),
+            score=score(sample.metric, text, sample.answers, **sample.meta.get("metric_kwargs", {})),
+            kept_fraction=kept,
+            kv_bytes=kv_bytes,
+            seconds=seconds,
+            prompt_tokens=self.context_length,
+            model=self.model_name,
+            extra={"prefill_seconds": self.prefill_seconds, "compression_ratio": press.compression_ratio},
+        )
+        if self.output is not None:
+            append_record(self.output, record)
+        return record
+
+
+#: Compressed caches decoded together in one batch (at most).
+DECODE_BATCH = 16
+
+
+def _run_batched(
+    job: _Job, shared: KVPressPrefill | None, presses: list[tuple[str, Any]]
+) -> Iterator[Record]:
+    """Compress ``shared`` with each ``(press, budget)``, decode the caches of equal size as one batch
+    (exactly as alone; a batch's decode time is split evenly over its rows) and yield the records."""
+    n = job.context_length
+    built = {}
+    for press_name, budget in presses:
+        press = PRESSES[press_name](_ratio(budget, n))
+        start = time.perf_counter()
+        cache = shared.compressed(press)
+        built[(press_name, budget)] = (cache, press, time.perf_counter() - start)
+    groups: dict[tuple[int, ...], list] = defaultdict(list)
+    for key, (cache, _, _) in built.items():
+        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(key)
+    for members in groups.values():
+        for i in range(0, len(members), DECODE_BATCH):
+            chunk = members[i : i + DECODE_BATCH]
+            caches = [built[key][0] for key in chunk]
+            sizes = [(_kv_bytes(c), c.get_seq_length() / n) for c in caches]
+            start = time.perf_counter()
+            rows = greedy_decode(
+                shared.model,
+                stack_caches(caches),
+                n,
+                job.prompt.appended,
+                shared.logits,
+                job.sample.max_new_tokens,
+                job.stop,
+            )
+            share = (time.perf_counter() - start) / len(chunk)
+            for (press_name, budget), ids, (kv_bytes, kept) in zip(chunk, rows, sizes):
+                _, press, seconds = built[(press_name, budget)]
+                total = job.prefill_seconds + seconds + share
+                yield job.record(press_name, press, budget, ids, kept, kv_bytes, total)
 
 
 def _ratio(budget: int | float, n: int) -> float:
@@ -227,27 +335,12 @@ def _ratio(budget: int | float, n: int) -> float:
     return max(0.0, min(0.99, 1.0 - kept))
 
 
-def _one(
-    model,
-    tokenizer,
-    sample,
-    setting,
-    prompt: Prompt,
-    shared,
-    prefill_seconds,
-    press_name,
-    budget,
-    stop,
-    model_name,
-    output,
-) -> Record:
-    n = prompt.compressed.shape[1]
+def _run_dedicated(job: _Job, model, press_name: str, budget) -> Record:
+    """A press with its own prefill (KVzip): compress, decode, record."""
+    n = job.context_length
     press = PRESSES[press_name](_ratio(budget, n))
     start = time.perf_counter()
-    if shared is None or press_name in _DEDICATED:
-        cache, first = _dedicated(model, tokenizer, prompt.compressed, press)
-    else:
-        cache, first = shared.compressed(press), shared.logits
+    cache, first = _dedicated(model, job.tokenizer, job.prompt.compressed, press)
     kv_bytes = _kv_bytes(cache)
     kept = cache.get_seq_length() / n
     masked = _masked_fraction(model, n)
@@ -257,30 +350,11 @@ def _one(
         kept = 1.0 - masked
         kv_bytes = int(kv_bytes * kept)
     try:
-        ids = greedy_decode(model, cache, n, prompt.appended, first, sample.max_new_tokens, stop)
+        ids = greedy_decode(model, cache, n, job.prompt.appended, first, job.sample.max_new_tokens, job.stop)[
+            0
+        ]
     finally:
         for module in _attention_modules(model):
             if getattr(module, "masked_key_indices", None) is not None:
                 module.masked_key_indices = None
-    seconds = prefill_seconds + time.perf_counter() - start
-    _, text = decode_answer(tokenizer, ids, stop)
-    record = Record(
-        task=sample.task,
-        index=sample.index,
-        setting=setting,
-        method=press_name,
-        budget=budget_label(budget),
-        source="kvpress",
-        answer=text,
-        references=list(sample.answers),
-        score=score(sample.metric, text, sample.answers, **sample.meta.get("metric_kwargs", {})),
-        kept_fraction=kept,
-        kv_bytes=kv_bytes,
-        seconds=seconds,
-        prompt_tokens=n,
-        model=model_name,
-        extra={"prefill_seconds": prefill_seconds, "compression_ratio": press.compression_ratio},
-    )
-    if output is not None:
-        append_record(output, record)
-    return record
+    return job.record(press_name, press, budget, ids, kept, kv_bytes, time.perf_counter() - start)

@@ -173,7 +173,7 @@ def evaluate(
         prompt = build_prompt(tokenizer, sample, setting)
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
-        all_queries = any(METHODS[m].get("scorer", m) == "h2o" for m in methods)
+        all_queries = any(METHODS[m].get("scorer", m) == "h2o" for m, _ in wanted)
         shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
         full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle

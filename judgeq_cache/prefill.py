@@ -149,11 +149,10 @@ class SharedPrefill:
         if max_new_tokens <= 1:
             return first
         ids = torch.cat([self.input_ids.repeat(rows, 1), first], dim=1)
-        mask = (
-            None
-            if self.attention_mask is None
-            else torch.cat([self.attention_mask.repeat(rows, 1), torch.ones_like(first)], 1)
-        )
+        if self.attention_mask is None:
+            mask = torch.ones_like(ids)
+        else:
+            mask = torch.cat([self.attention_mask.repeat(rows, 1), torch.ones_like(first)], 1)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,

@@ -10,16 +10,24 @@ from .report import FULL_CACHE_FLOOR, _method_order, paired, valid_tasks
 
 __all__ = ["plot_accuracy"]
 
+#: Judge Q's own lines stand out; every other method takes the next palette colour.
+_JUDGEQ_STYLES = {
+    "judgeq": dict(lw=2.5, color="tab:red"),
+    "judgeq-shared": dict(lw=2.5, color="darkred"),
+    "judgeq-untrained": dict(lw=1.5, color="salmon"),
+    "judgeq-untrained-shared": dict(lw=1.5, color="salmon"),
+}
+
 
 def plot_accuracy(
     records: list[Record], path: str, title: str = "", exclude_failing: bool = True, paired_only: bool = False
 ) -> str:
     """Write the figure to ``path`` (PNG) and return ``path``. The full cache is a dashed line;
     tasks the full cache fails are left out (as in the report) unless ``exclude_failing=False``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so the caller's backend (e.g. a notebook's) is left alone.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullFormatter, PercentFormatter
 
     failing = (
         {t for t, a in valid_tasks(records).items() if a < FULL_CACHE_FLOOR} if exclude_failing else set()
@@ -30,13 +38,13 @@ def plot_accuracy(
     settings = [
         s for s in ("query-aware", "query-agnostic", "question-first") if any(r.setting == s for r in records)
     ]
-    fig, axes = plt.subplots(
-        1, max(1, len(settings)), figsize=(5 * max(1, len(settings)), 4), sharey=True, squeeze=False
-    )
+    fig = Figure(figsize=(5 * max(1, len(settings)), 4))
+    axes = fig.subplots(1, max(1, len(settings)), sharey=True, squeeze=False)
     methods = _method_order({method_label(r) for r in records})
     # tab20 without its reds (red is Judge Q's)
-    palette = [c for j, c in enumerate(plt.get_cmap("tab20").colors) if j not in (6, 7)]
+    palette = [c for j, c in enumerate(colormaps["tab20"].colors) if j not in (6, 7)]
     for ax, setting in zip(axes[0], settings):
+        ticks: set[float] = set()
         points: dict[tuple[str, str], list[Record]] = defaultdict(list)
         for r in records:
             if r.setting == setting:
@@ -57,18 +65,16 @@ def plot_accuracy(
                     )
             if xs:
                 xs.sort()
-                style = (
-                    dict(lw=2.5, color="tab:red")
-                    if m == "judgeq"
-                    else dict(lw=1.5, color="salmon")
-                    if m == "judgeq-untrained"
-                    else dict(lw=1.2, color=palette[i % len(palette)])
-                )
-                ls = ":" if m.startswith("kvpress-") else "-"
+                style = _JUDGEQ_STYLES.get(m, dict(lw=1.2, color=palette[i % len(palette)]))
+                ls = ":" if m.startswith("kvpress-") else "--" if m.endswith("-shared") else "-"
                 ax.plot([x for x, _ in xs], [y for _, y in xs], marker="o", ls=ls, label=m, **style)
+                ticks.update(round(x, 2) for x, _ in xs)
         ax.set_title(setting)
         ax.set_xlabel("kept fraction of the prompt KV")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     if axes[0][-1].get_legend_handles_labels()[0]:
@@ -78,5 +84,4 @@ def plot_accuracy(
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -322,6 +322,8 @@ def test_report_and_plot(tmp_path):
     assert "kv_retrieval 0% (excluded)" in text and "needle_single 100%" in text
     assert "| judgeq | 50 (2) | 50 (2) |" in text and "| kvpress-snapkv | 50 (2) | 50 (2) |" in text
     assert "## question-first" in text and "judgeq eval run ..." in text and "acc.png" in text
+    assert "| method | query-aware | query-agnostic | question-first |" in text
+    assert "| judgeq | 50 / 50 | 50 / 50 | 50 / 50 |" in text
 
 
 def test_eval_cli_report(tmp_path):

@@ -152,6 +152,25 @@ def markdown_report(
     settings = [s for s in ("query-aware", "query-agnostic", "question-first") if any(k[0] == s for k in acc)]
     budgets = sorted({k[2] for k in acc if k[2] != "full"}, key=budget_order)
     methods = _method_order({k[1] for k in acc})
+    if len(settings) > 1:
+        rows = []
+        for m in methods:
+            cells = []
+            for setting in settings:
+                values = [acc.get((setting, m, b)) for b in (["full"] if m == "full" else budgets)]
+                cells.append(" / ".join("–" if v is None else f"{100 * v[0]:.0f}" for v in values))
+            rows.append([m, *cells])
+        counts = ", ".join(
+            f"{s} {acc[(s, 'full', 'full')][1]}" for s in settings if (s, "full", "full") in acc
+        )
+        out += [
+            "",
+            "## Summary",
+            "",
+            f"Accuracy (%) at {' / '.join(budgets)} kept, all tasks together (prompts per setting: {counts}):",
+            "",
+            format_table(["method", *settings], rows),
+        ]
     for setting in settings:
         out += ["", f"## {setting}", "", "Accuracy (%, samples in brackets) by kept budget:", ""]
         rows = []

@@ -58,7 +58,11 @@ def register_cli(subparsers) -> None:
 
     run = sub.add_parser("run", help="our methods (one shared prefill per sample and setting)")
     _common(run)
-    run.add_argument("--methods", default=_OUR_METHODS, help="comma list (full = no eviction)")
+    run.add_argument(
+        "--methods",
+        default=_OUR_METHODS,
+        help="comma list (full = no eviction; also judgeq-shared, snapkv-shared: one selection for all heads)",
+    )
     run.add_argument(
         "--adapter", default=None, help="Judge Q adapter dir or Hub id (default: bundled, else untrained)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -435,6 +436,8 @@ def test_untrained_judgeq_rows_are_reported_apart_from_trained_ones(tmp_path):
     b.write_text("\n".join(json.dumps(asdict(r)) for r in trained) + "\n")
     records = read_records(a, b)
     assert len(records) == len(rows) + len(trained)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b.read_bytes()))
+    assert read_records(a, tmp_path / "b.jsonl.gz") == records
     text = markdown_report(records)
     assert "| judgeq | 100 (2) |" in text and "| judgeq-untrained | 50 (2) |" in text
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -93,13 +94,15 @@ def budget_label(budget: int | float) -> str:
 
 
 def read_records(*paths: str | os.PathLike) -> list[Record]:
-    """All records in the JSONL files ``paths`` (missing files are skipped; later duplicates win)."""
+    """All records in the JSONL files ``paths`` (``.jsonl.gz`` too; missing files are skipped; later
+    duplicates win)."""
     by_key: dict[tuple, Record] = {}
     for path in paths:
         path = Path(path)
         if not path.exists():
             continue
-        for line in path.read_text().splitlines():
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             if line.strip():
                 record = Record(**json.loads(line))
                 by_key[record.key] = record

@@ -83,6 +83,16 @@ def paired(records: list[Record]) -> list[Record]:
     return [r for r in records if have[(r.task, r.index, r.setting)] >= cells[r.setting]]
 
 
+def _cell_budgets(method: str, budgets: list[str]) -> list[str]:
+    """The budgets a method has rows for (the full cache has one)."""
+    return ["full"] if method == "full" else budgets
+
+
+def _accuracy_cell(means: list[float | None]) -> str:
+    """``"50 / 25 / 10"``: accuracies in percent, ``–`` where nothing was measured."""
+    return " / ".join("–" if v is None else f"{100 * v:.0f}" for v in means)
+
+
 def _by_task_table(records: list[Record], setting: str, methods: list[str], budgets: list[str]) -> list[str]:
     """Lines of a method x task accuracy table for ``setting`` (nothing when it has a single task)."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -94,10 +104,12 @@ def _by_task_table(records: list[Record], setting: str, methods: list[str], budg
         return []
     rows = []
     for m in methods:
-        cells = []
-        for task in tasks:
-            values = [groups.get((m, task, b)) for b in (["full"] if m == "full" else budgets)]
-            cells.append(" / ".join("–" if v is None else f"{100 * _mean(v):.0f}" for v in values))
+        cells = [
+            _accuracy_cell(
+                [_mean(groups[(m, t, b)]) if (m, t, b) in groups else None for b in _cell_budgets(m, budgets)]
+            )
+            for t in tasks
+        ]
         if any(c.strip("– /") for c in cells):
             rows.append([m, *cells])
     return [
@@ -153,13 +165,16 @@ def markdown_report(
     budgets = sorted({k[2] for k in acc if k[2] != "full"}, key=budget_order)
     methods = _method_order({k[1] for k in acc})
     if len(settings) > 1:
-        rows = []
-        for m in methods:
-            cells = []
-            for setting in settings:
-                values = [acc.get((setting, m, b)) for b in (["full"] if m == "full" else budgets)]
-                cells.append(" / ".join("–" if v is None else f"{100 * v[0]:.0f}" for v in values))
-            rows.append([m, *cells])
+        rows = [
+            [m]
+            + [
+                _accuracy_cell(
+                    [acc[(s, m, b)][0] if (s, m, b) in acc else None for b in _cell_budgets(m, budgets)]
+                )
+                for s in settings
+            ]
+            for m in methods
+        ]
         counts = ", ".join(
             f"{s} {acc[(s, 'full', 'full')][1]}" for s in settings if (s, "full", "full") in acc
         )

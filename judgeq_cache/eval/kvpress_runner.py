@@ -10,8 +10,8 @@ once per sample and setting, record what each attention layer's hook would see (
 the layer's keys and values), and call ``press.compress`` on those for every press and budget — the
 same call, on the same tensors, as kvpress's hook (``test_eval`` checks the equality when kvpress
 is installed). The compressed caches of one size then decode as rows of one batch, which equals
-decoding each alone (rows never interact). Presses with their own context manager (KVzip, which re-reads the context) get a
-dedicated prefill. Decoding mirrors kvpress's pipeline: explicit position ids after the context,
+decoding each alone (rows never interact). Presses with their own context manager (KVzip, which
+re-reads the context) get a dedicated prefill. Decoding mirrors kvpress's pipeline: explicit position ids after the context,
 greedy, stop at EOS.
 """
 
@@ -21,7 +21,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ from transformers import DynamicCache
 from .metrics import score
 from .prompts import Prompt, build_prompt
 from .records import Record, append_record, budget_label, read_records, record_key
-from .runner import decode_answer, eos_ids
+from .runner import decode_answer, eos_ids, size_batches
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
@@ -289,10 +288,6 @@ class _Job:
         return record
 
 
-#: Compressed caches decoded together in one batch (at most).
-DECODE_BATCH = 16
-
-
 def _run_batched(
     job: _Job, shared: KVPressPrefill | None, presses: list[tuple[str, Any]]
 ) -> Iterator[Record]:
@@ -305,29 +300,24 @@ def _run_batched(
         start = time.perf_counter()
         cache = shared.compressed(press)
         built[(press_name, budget)] = (cache, press, time.perf_counter() - start)
-    groups: dict[tuple[int, ...], list] = defaultdict(list)
-    for key, (cache, _, _) in built.items():
-        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(key)
-    for members in groups.values():
-        for i in range(0, len(members), DECODE_BATCH):
-            chunk = members[i : i + DECODE_BATCH]
-            caches = [built[key][0] for key in chunk]
-            sizes = [(_kv_bytes(c), c.get_seq_length() / n) for c in caches]
-            start = time.perf_counter()
-            rows = greedy_decode(
-                shared.model,
-                stack_caches(caches),
-                n,
-                job.prompt.appended,
-                shared.logits,
-                job.sample.max_new_tokens,
-                job.stop,
-            )
-            share = (time.perf_counter() - start) / len(chunk)
-            for (press_name, budget), ids, (kv_bytes, kept) in zip(chunk, rows, sizes):
-                _, press, seconds = built[(press_name, budget)]
-                total = job.prefill_seconds + seconds + share
-                yield job.record(press_name, press, budget, ids, kept, kv_bytes, total)
+    for chunk in size_batches({key: cache for key, (cache, _, _) in built.items()}):
+        caches = [built[key][0] for key in chunk]
+        sizes = [(_kv_bytes(c), c.get_seq_length() / n) for c in caches]
+        start = time.perf_counter()
+        rows = greedy_decode(
+            shared.model,
+            stack_caches(caches),
+            n,
+            job.prompt.appended,
+            shared.logits,
+            job.sample.max_new_tokens,
+            job.stop,
+        )
+        share = (time.perf_counter() - start) / len(chunk)
+        for (press_name, budget), ids, (kv_bytes, kept) in zip(chunk, rows, sizes):
+            _, press, seconds = built[(press_name, budget)]
+            total = job.prefill_seconds + seconds + share
+            yield job.record(press_name, press, budget, ids, kept, kv_bytes, total)
 
 
 def _ratio(budget: int | float, n: int) -> float:
@@ -350,9 +340,9 @@ def _run_dedicated(job: _Job, model, press_name: str, budget) -> Record:
         kept = 1.0 - masked
         kv_bytes = int(kv_bytes * kept)
     try:
-        ids = greedy_decode(model, cache, n, job.prompt.appended, first, job.sample.max_new_tokens, job.stop)[
-            0
-        ]
+        (ids,) = greedy_decode(
+            model, cache, n, job.prompt.appended, first, job.sample.max_new_tokens, job.stop
+        )
     finally:
         for module in _attention_modules(model):
             if getattr(module, "masked_key_indices", None) is not None:

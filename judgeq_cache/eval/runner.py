@@ -42,6 +42,26 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Compressed copies decoded together in one batch (at most).
+DECODE_BATCH = 16
+
+
+def scorer_of(method: str) -> str:
+    """The scorer a harness method runs (``"judgeq-shared"`` runs ``"judgeq"``)."""
+    return METHODS.get(method, {}).get("scorer", method)
+
+
+def size_batches(caches: dict[Any, Any]) -> Iterator[list[Any]]:
+    """Keys of ``caches`` grouped by the number of entries each stores per layer (only equal sizes
+    can share a batch), in chunks of at most :data:`DECODE_BATCH`."""
+    groups: dict[tuple[int, ...], list] = defaultdict(list)
+    for key, cache in caches.items():
+        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(key)
+    for members in groups.values():
+        for i in range(0, len(members), DECODE_BATCH):
+            yield members[i : i + DECODE_BATCH]
+
+
 def cache_kwarg(model) -> str:
     """``"cache"`` on transformers >= 5.24, ``"past_key_values"`` before."""
     import inspect
@@ -99,8 +119,8 @@ def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tok
 def _method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None):
     if method == "full":
         return shared.full_cache()
-    options = dict(METHODS.get(method, {}))
-    scorer = options.pop("scorer", method)
+    options = {k: v for k, v in METHODS.get(method, {}).items() if k != "scorer"}
+    scorer = scorer_of(method)
     if scorer == "judgeq":
         if adapter is None:
             raise ValueError("the judgeq method needs an adapter")
@@ -173,7 +193,7 @@ def evaluate(
         prompt = build_prompt(tokenizer, sample, setting)
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
-        all_queries = any(METHODS[m].get("scorer", m) == "h2o" for m, _ in wanted)
+        all_queries = any(scorer_of(m) == "h2o" for m, _ in wanted)
         shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
         full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
@@ -206,7 +226,7 @@ def evaluate(
                 prompt_tokens=n,
                 hit_rate=hit,
                 model=model_name,
-                adapter=adapter_label if METHODS[method].get("scorer", method) == "judgeq" else "",
+                adapter=adapter_label if scorer_of(method) == "judgeq" else "",
                 extra={"prefill_seconds": prefill_seconds},
             )
             if output is not None:
@@ -224,10 +244,6 @@ def _decode(model, shared, method, budget, adapter, prompt, sample):
     return ids, kv_bytes, cache, time.perf_counter() - start
 
 
-#: Compressed copies decoded together in one ``generate`` call (at most).
-DECODE_BATCH = 16
-
-
 def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple[str, Any], tuple]:
     """:func:`_decode` for many ``(method, budget)`` jobs: each compresses its own copy, then copies
     that store the same number of entries per layer decode as rows of one batch (exactly as alone;
@@ -238,20 +254,15 @@ def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple
         with torch.no_grad():
             cache = _method_cache(shared, method, budget, adapter)
         built[(method, budget)] = (cache, cache.kv_bytes(), time.perf_counter() - start)
-    groups: dict[tuple[int, ...], list] = defaultdict(list)
-    for job, (cache, _, _) in built.items():
-        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(job)
     out = {}
-    for members in groups.values():
-        for i in range(0, len(members), DECODE_BATCH):
-            chunk = members[i : i + DECODE_BATCH]
-            start = time.perf_counter()
-            stacked = shared.stack([built[job][0] for job in chunk])
-            rows = _answer_ids(model, shared, stacked, prompt, sample.max_new_tokens)
-            share = (time.perf_counter() - start) / len(chunk)
-            for job, ids in zip(chunk, rows):
-                cache, kv_bytes, seconds = built[job]
-                out[job] = (ids, kv_bytes, cache, seconds + share)
+    for chunk in size_batches({job: cache for job, (cache, _, _) in built.items()}):
+        start = time.perf_counter()
+        stacked = shared.stack([built[job][0] for job in chunk])
+        rows = _answer_ids(model, shared, stacked, prompt, sample.max_new_tokens)
+        share = (time.perf_counter() - start) / len(chunk)
+        for job, ids in zip(chunk, rows):
+            cache, kv_bytes, seconds = built[job]
+            out[job] = (ids, kv_bytes, cache, seconds + share)
     return out
 
 

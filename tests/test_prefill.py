@@ -10,12 +10,16 @@ from judgeq_cache import EvictionCache, JudgeQAdapter
 from judgeq_cache.prefill import SharedPrefill
 
 
+def prefilled(arch: str, seed: int):
+    """A tiny model, a ``[2, 40]`` prompt, its SharedPrefill (window 8) and an untrained adapter."""
+    model = make_model(arch)
+    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(seed))
+    return model, ids, SharedPrefill(model, ids, window_size=8), JudgeQAdapter.init_for(model, 4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_shared_prefill_matches_a_dedicated_prefill_for_every_scorer(arch):
-    model = make_model(arch)
-    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
-    shared = SharedPrefill(model, ids, window_size=8)
-    adapter = JudgeQAdapter.init_for(model, 4)
+    model, ids, shared, adapter = prefilled(arch, seed=0)
     cases = [
         ("snapkv", {"window_size": 8}),
         ("pyramidkv", {"window_size": 8}),
@@ -43,10 +47,7 @@ def test_shared_prefill_matches_a_dedicated_prefill_for_every_scorer(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_stacked_caches_decode_like_each_alone(arch):
-    model = make_model(arch)
-    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1))
-    shared = SharedPrefill(model, ids, window_size=8)
-    adapter = JudgeQAdapter.init_for(model, 4)
+    _, _, shared, adapter = prefilled(arch, seed=1)
     caches = [
         shared.cache(0.25, "snapkv", window_size=8),
         shared.cache(0.25, "judgeq", adapter=adapter, shared_heads=True),

@@ -464,3 +464,76 @@ def test_paired_report_keeps_only_prompts_every_method_answered():
     kept = paired(records)
     assert {r.index for r in kept} == {1}
     assert "| judgeq | 100 (1) | 100 (1) |" in markdown_report(records, paired_only=True)
+
+
+def _scored(method: str, scores: list[float], setting: str = "query-agnostic", budget: str = "25%"):
+    from judgeq_cache.eval.records import Record
+
+    return [
+        Record(
+            task="needle_single",
+            index=i,
+            setting=setting,
+            method=method,
+            budget="full" if method == "full" else budget,
+            source="judgeq_cache",
+            answer="",
+            references=["1"],
+            score=s,
+            kept_fraction=0.25,
+            kv_bytes=1,
+            seconds=1.0,
+            prompt_tokens=100,
+        )
+        for i, s in enumerate(scores)
+    ]
+
+
+def test_paired_difference_counts_and_matches_the_normal_approximation():
+    from judgeq_cache.eval.stats import paired_difference
+
+    # 400 prompts: a-only right on 60, b-only right on 20, ties elsewhere -> +10 points
+    a = [1.0] * 60 + [0.0] * 20 + [1.0] * 100 + [0.0] * 220
+    b = [0.0] * 60 + [1.0] * 20 + [1.0] * 100 + [0.0] * 220
+    records = _scored("judgeq", a) + _scored("snapkv", b) + _scored("snapkv", b, setting="query-aware")
+    d = paired_difference(records, "judgeq", "snapkv", "query-agnostic", "25%", resamples=4000)
+    assert (d.a_only, d.b_only, d.n) == (60, 20, 400) and d.diff == pytest.approx(0.10)
+    delta = torch.tensor(a) - torch.tensor(b)
+    se = float(delta.std(unbiased=False)) / 400**0.5  # independent reference: normal interval
+    assert d.low == pytest.approx(0.10 - 1.96 * se, abs=0.01)
+    assert d.high == pytest.approx(0.10 + 1.96 * se, abs=0.01)
+    assert paired_difference(records, "judgeq", "snapkv", "query-agnostic", "25%") == paired_difference(
+        records, "judgeq", "snapkv", "query-agnostic", "25%"
+    )  # seeded
+    same = paired_difference(records, "snapkv", "snapkv", "query-agnostic", "25%")
+    assert (same.diff, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert paired_difference(records, "judgeq", "snapkv", "question-first", "25%") is None
+    # the full cache has one budget and is matched at every budget
+    full = paired_difference(
+        records + _scored("full", [1.0] * 400), "full", "judgeq", "query-agnostic", "25%"
+    )
+    assert full.diff == pytest.approx(1 - 160 / 400)
+
+
+def test_report_compare_table_and_cli_errors(tmp_path, caplog):
+    from dataclasses import asdict
+
+    from judgeq_cache.cli import main
+    from judgeq_cache.eval.report import markdown_report
+    from judgeq_cache.eval.stats import parse_pairs
+
+    records = _scored("judgeq", [1.0, 1.0, 0.0, 1.0]) + _scored("snapkv", [0.0, 1.0, 0.0, 0.0])
+    text = markdown_report(records, compare=[("judgeq", "snapkv"), ("judgeq", "tova")])
+    assert "## Paired comparisons" in text
+    row = next(line for line in text.splitlines() if line.startswith("| judgeq − snapkv"))
+    assert "| query-agnostic | 25% | +50 |" in row and "| 2 / 0 | 4 |" in row
+    assert "no prompt answered by both" in caplog.text and "judgeq − tova" not in text
+    assert parse_pairs(" judgeq:snapkv, a:b ,") == [("judgeq", "snapkv"), ("a", "b")]
+    with pytest.raises(ValueError, match="judgeq:snapkv"):
+        parse_pairs("judgeq-snapkv")
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(asdict(r)) for r in records) + "\n")
+    assert main(["eval", "report", str(path), "--compare", "judgeq"]) == 2
+    md = tmp_path / "r.md"
+    assert main(["eval", "report", str(path), "--compare", "judgeq:snapkv", "--markdown", str(md)]) == 0
+    assert "judgeq − snapkv" in md.read_text()

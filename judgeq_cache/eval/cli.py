@@ -85,6 +85,11 @@ def register_cli(subparsers) -> None:
     rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
     rep.add_argument("--title", default="Results")
     rep.add_argument("--paired", action="store_true", help="only prompts that every method answered")
+    rep.add_argument(
+        "--compare",
+        default="",
+        help="method pairs 'a:b,...' to add a paired-difference table with 95%% intervals (e.g. judgeq:snapkv)",
+    )
     rep.set_defaults(func=_report)
 
 
@@ -165,7 +170,13 @@ def _kvpress(args) -> int:
 def _report(args) -> int:
     from .records import read_records
     from .report import markdown_report
+    from .stats import parse_pairs
 
+    try:
+        pairs = parse_pairs(args.compare)
+    except ValueError as err:
+        logger.error("%s", err)
+        return 2
     records = read_records(*args.inputs)
     plot = None
     if args.plot:
@@ -173,7 +184,12 @@ def _report(args) -> int:
 
         plot = plot_accuracy(records, args.plot, paired_only=args.paired)
     text = markdown_report(
-        records, title=args.title, command=args.command, plot=plot, paired_only=args.paired
+        records,
+        title=args.title,
+        command=args.command,
+        plot=plot,
+        paired_only=args.paired,
+        compare=pairs,
     )
     if args.markdown:
         from pathlib import Path

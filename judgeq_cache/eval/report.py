@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from .records import Record, method_label
+from .stats import paired_difference
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["aggregate", "budget_order", "format_table", "markdown_report", "valid_tasks"]
 
@@ -120,6 +124,49 @@ def _by_task_table(records: list[Record], setting: str, methods: list[str], budg
     ]
 
 
+def _comparison_section(
+    records: list[Record], pairs: Sequence[tuple[str, str]], settings: list[str], budgets: list[str]
+) -> list[str]:
+    """Lines of the paired-difference table: ``a`` minus ``b`` per setting and budget, 95 % CI."""
+    rows = []
+    for a, b in pairs:
+        before = len(rows)
+        for setting in settings:
+            for budget in budgets:
+                d = paired_difference(records, a, b, setting, budget)
+                if d is not None:
+                    rows.append(
+                        [
+                            f"{a} − {b}",
+                            setting,
+                            budget,
+                            f"{100 * d.diff:+.0f}",
+                            f"[{100 * d.low:+.0f}, {100 * d.high:+.0f}]",
+                            f"{d.a_only} / {d.b_only}",
+                            d.n,
+                        ]
+                    )
+        if len(rows) == before:
+            known = sorted({method_label(r) for r in records})
+            logger.warning(
+                "--compare %s:%s: no prompt answered by both (methods: %s)", a, b, ", ".join(known)
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Paired comparisons",
+        "",
+        "Accuracy difference in points on the prompts both methods answered, with a 95 % bootstrap "
+        "interval over prompts; an interval that contains 0 is not a measured difference. "
+        "'only a / only b': prompts only one of the two answered correctly.",
+        "",
+        format_table(
+            ["a − b", "setting", "kept", "difference", "95 % CI", "only a / only b", "prompts"], rows
+        ),
+    ]
+
+
 def markdown_report(
     records: list[Record],
     *,
@@ -127,9 +174,11 @@ def markdown_report(
     command: str = "",
     plot: str | None = None,
     paired_only: bool = False,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Accuracy, hit rate, memory and time tables per setting; tasks the full cache fails are listed
-    and left out of the averages. ``paired_only`` keeps only prompts every method answered."""
+    and left out of the averages. ``paired_only`` keeps only prompts every method answered;
+    ``compare`` adds a paired-difference table (with confidence intervals) for each ``(a, b)``."""
     full_acc = valid_tasks(records)
     failing = {t for t, acc in full_acc.items() if acc < FULL_CACHE_FLOOR}
     used = [r for r in records if r.task not in failing]
@@ -186,6 +235,7 @@ def markdown_report(
             "",
             format_table(["method", *settings], rows),
         ]
+    out += _comparison_section(used, compare, settings, budgets)
     for setting in settings:
         out += ["", f"## {setting}", "", "Accuracy (%, samples in brackets) by kept budget:", ""]
         rows = []

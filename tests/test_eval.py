@@ -537,3 +537,12 @@ def test_report_compare_table_and_cli_errors(tmp_path, caplog):
     md = tmp_path / "r.md"
     assert main(["eval", "report", str(path), "--compare", "judgeq:snapkv", "--markdown", str(md)]) == 0
     assert "judgeq − snapkv" in md.read_text()
+
+
+def test_untrained_adapter_on_request_is_the_training_starting_point(model):
+    from judgeq_cache.eval.loading import load_adapter
+    from judgeq_cache.eval.records import label_for
+
+    adapter, label = load_adapter(model, "untrained")
+    assert torch.equal(adapter.rows, JudgeQAdapter.init_for(model).rows)
+    assert label_for("judgeq-shared", label) == "judgeq-untrained-shared"

@@ -64,7 +64,9 @@ def register_cli(subparsers) -> None:
         help="comma list (full = no eviction; also judgeq-shared, snapkv-shared: one selection for all heads)",
     )
     run.add_argument(
-        "--adapter", default=None, help="Judge Q adapter dir or Hub id (default: bundled, else untrained)"
+        "--adapter",
+        default=None,
+        help="Judge Q adapter dir or Hub id (default: bundled, else untrained); 'untrained' = fresh rows",
     )
     run.add_argument("--no-hit-rate", action="store_true", help="skip the critical-KV hit rate vs the oracle")
     run.set_defaults(func=_run)

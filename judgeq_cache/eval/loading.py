@@ -45,7 +45,11 @@ def _find_bundled(name: str) -> Path | None:
 
 def load_adapter(model, path: str | None = None) -> tuple[JudgeQAdapter, str]:
     """``(adapter, label)``. ``path`` (a directory or Hub id), else the bundled adapter for the
-    embedded model, else a fresh ``JudgeQAdapter.init_for(model)`` labelled "untrained adapter"."""
+    embedded model, else a fresh ``JudgeQAdapter.init_for(model)`` labelled "untrained adapter".
+    ``path="untrained"`` asks for that fresh adapter on purpose (the training's starting point, for
+    ablations); its rows are reported as ``judgeq-untrained``."""
+    if path == "untrained":
+        return JudgeQAdapter.init_for(model), "untrained adapter (init_for, vocab, seed 0)"
     if path:
         return JudgeQAdapter.from_pretrained(path), str(path)
     bundled = _find_bundled(BUNDLED_ADAPTER)

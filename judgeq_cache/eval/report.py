@@ -65,6 +65,7 @@ def _method_order(methods: Iterable[str]) -> list[str]:
         "judgeq",
         "judgeq-shared",
         "judgeq-untrained",
+        "judgeq-untrained-shared",
         "snapkv",
         "snapkv-shared",
         "pyramidkv",

@@ -125,6 +125,11 @@ def _by_task_table(records: list[Record], setting: str, methods: list[str], budg
     ]
 
 
+def _points(fraction: float) -> str:
+    """``0.104`` -> ``"+10"`` (never ``"-0"``)."""
+    return f"{round(100 * fraction):+d}"
+
+
 def _comparison_section(
     records: list[Record], pairs: Sequence[tuple[str, str]], settings: list[str], budgets: list[str]
 ) -> list[str]:
@@ -141,8 +146,8 @@ def _comparison_section(
                             f"{a} − {b}",
                             setting,
                             budget,
-                            f"{100 * d.diff:+.0f}",
-                            f"[{100 * d.low:+.0f}, {100 * d.high:+.0f}]",
+                            _points(d.diff),
+                            f"[{_points(d.low)}, {_points(d.high)}]",
                             f"{d.a_only} / {d.b_only}",
                             d.n,
                         ]
@@ -160,11 +165,9 @@ def _comparison_section(
         "",
         "Accuracy difference in points on the prompts both methods answered, with a 95 % bootstrap "
         "interval over prompts; an interval that contains 0 is not a measured difference. "
-        "'only a / only b': prompts only one of the two answered correctly.",
+        "'a / b better': prompts where a (b) scored higher; the rest are ties.",
         "",
-        format_table(
-            ["a − b", "setting", "kept", "difference", "95 % CI", "only a / only b", "prompts"], rows
-        ),
+        format_table(["a − b", "setting", "kept", "difference", "95 % CI", "a / b better", "prompts"], rows),
     ]
 
 

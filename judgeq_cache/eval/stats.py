@@ -1,5 +1,5 @@
 """Paired comparison of two methods: accuracy difference on the same prompts, with a bootstrap
-confidence interval and the prompts only one of them answered (the counts McNemar's test uses)."""
+confidence interval and how many prompts each scored higher on (McNemar's counts for 0/1 scores)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class PairedDifference:
     low, high : float
         Percentile bootstrap interval of ``diff`` (prompts resampled with replacement).
     a_only, b_only : int
-        Prompts only ``a`` (only ``b``) answered correctly; the rest are ties.
+        Prompts where ``a`` (``b``) scored higher; with 0/1 scores, the prompts only it answered.
+        The rest are ties.
     n : int
         Prompts both methods answered.
     """

@@ -337,6 +337,11 @@ def test_eval_cli_report(tmp_path):
     md = tmp_path / "r.md"
     assert main(["eval", "report", str(path), "--markdown", str(md), "--plot", str(tmp_path / "p.png")]) == 0
     assert "## query-agnostic" in md.read_text() and (tmp_path / "p.png").exists()
+    args = ["eval", "report", str(path), "--markdown", str(md), "--settings", "question-first"]
+    assert main([*args, "--methods", "full,judgeq"]) == 0
+    text = md.read_text()
+    assert "## question-first" in text and "## query-agnostic" not in text and "kvpress-snapkv" not in text
+    assert main([*args, "--methods", "tova"]) == 2
 
 
 # ---------------------------------------------------------------------------- benchmark loaders

@@ -87,6 +87,12 @@ def register_cli(subparsers) -> None:
     rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
     rep.add_argument("--title", default="Results")
     rep.add_argument("--paired", action="store_true", help="only prompts that every method answered")
+    rep.add_argument("--settings", default="", help="comma list: report only these settings (default: all)")
+    rep.add_argument(
+        "--methods",
+        default="",
+        help="comma list: report only these methods (default: all; keep 'full' for the full-cache row)",
+    )
     rep.add_argument(
         "--compare",
         default="",
@@ -170,7 +176,7 @@ def _kvpress(args) -> int:
 
 
 def _report(args) -> int:
-    from .records import read_records
+    from .records import method_label, read_records
     from .report import markdown_report
     from .stats import parse_pairs
 
@@ -180,6 +186,18 @@ def _report(args) -> int:
         logger.error("%s", err)
         return 2
     records = read_records(*args.inputs)
+    if args.settings:
+        records = [r for r in records if r.setting in _csv(args.settings)]
+    if args.methods:
+        records = [r for r in records if method_label(r) in _csv(args.methods)]
+    if not records:
+        logger.error(
+            "nothing to report from %s (filters: --settings %r --methods %r)",
+            ", ".join(args.inputs),
+            args.settings,
+            args.methods,
+        )
+        return 2
     plot = None
     if args.plot:
         from .plots import plot_accuracy

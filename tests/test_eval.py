@@ -551,3 +551,26 @@ def test_untrained_adapter_on_request_is_the_training_starting_point(model):
     adapter, label = load_adapter(model, "untrained")
     assert torch.equal(adapter.rows, JudgeQAdapter.init_for(model).rows)
     assert label_for("judgeq-shared", label) == "judgeq-untrained-shared"
+
+
+def test_failure_modes_tell_garbled_from_lost_needles():
+    from dataclasses import replace
+
+    from judgeq_cache.eval.failures import classify_answer, failure_modes
+    from judgeq_cache.eval.report import markdown_report
+
+    assert classify_answer("7288810.", "7288810", 1.0) == "right"
+    assert classify_answer("The number is 728.", "7288810", 0.0) == "garbled"
+    assert classify_answer("7288881000", "7288810", 0.0) == "garbled"
+    assert classify_answer("11. It is a number", "7288810", 0.0) == "lost"
+    assert classify_answer("no idea", "7288810", 0.0) == "lost"
+    records = _scored("judgeq", [1.0, 0.0, 0.0, 0.0])
+    records = [replace(r, references=["7288810"]) for r in records]
+    records[1] = replace(records[1], answer="72888")
+    records[2] = replace(records[2], answer="4411")
+    records.append(replace(records[0], task="needle_multivalue", score=0.0))  # not a single-answer task
+    modes = failure_modes(records)
+    assert modes == {("judgeq", "25%"): {"right": 1, "garbled": 1, "lost": 2}}
+    text = markdown_report(records)
+    assert "## Failure modes (needle_single, needle_multikey)" in text and "| judgeq | 25 / 25 / 50 |" in text
+    assert "## Failure modes" not in markdown_report([replace(r, task="kv_retrieval") for r in records])

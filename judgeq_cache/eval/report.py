@@ -7,6 +7,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from .failures import FAILURE_MODES, NEEDLE_TASKS, failure_modes
 from .records import Record, method_label
 from .stats import paired_difference
 
@@ -171,6 +172,32 @@ def _comparison_section(
     ]
 
 
+def _failure_section(records: list[Record], methods: list[str], budgets: list[str]) -> list[str]:
+    """Lines of the right / garbled / lost table for the single-answer needle tasks."""
+    modes = failure_modes(records)
+    rows = []
+    for m in methods:
+        cells = []
+        for b in _cell_budgets(m, budgets):
+            counts = modes.get((m, b))
+            total = sum(counts.values()) if counts else 0
+            cells.append(" / ".join(f"{100 * counts[k] / total:.0f}" for k in FAILURE_MODES) if total else "")
+        if any(cells):
+            rows.append([m, *(cells * len(budgets) if m == "full" else cells)])
+    if not rows:
+        return []
+    return [
+        "",
+        f"## Failure modes ({', '.join(NEEDLE_TASKS)})",
+        "",
+        "Share of answers (%, all settings) that are right / garbled (the answer starts with the needle's "
+        "leading digits, then drops or repeats some: the needle was found, copied wrong) / lost (the "
+        "needle's number is not there), per kept budget:",
+        "",
+        format_table(["method", *budgets], rows),
+    ]
+
+
 def markdown_report(
     records: list[Record],
     *,
@@ -240,6 +267,7 @@ def markdown_report(
             format_table(["method", *settings], rows),
         ]
     out += _comparison_section(used, compare, settings, budgets)
+    out += _failure_section(used, methods, budgets)
     for setting in settings:
         out += ["", f"## {setting}", "", "Accuracy (%, samples in brackets) by kept budget:", ""]
         rows = []

@@ -187,9 +187,11 @@ def _report(args) -> int:
         return 2
     records = read_records(*args.inputs)
     if args.settings:
-        records = [r for r in records if r.setting in _csv(args.settings)]
+        settings = set(_csv(args.settings))
+        records = [r for r in records if r.setting in settings]
     if args.methods:
-        records = [r for r in records if method_label(r) in _csv(args.methods)]
+        methods = set(_csv(args.methods))
+        records = [r for r in records if method_label(r) in methods]
     if not records:
         logger.error(
             "nothing to report from %s (filters: --settings %r --methods %r)",

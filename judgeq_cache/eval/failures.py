@@ -4,6 +4,7 @@ heads kept a digit token that others evicted), or it was not found at all (*lost
 
 from __future__ import annotations
 
+import os.path
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -19,20 +20,13 @@ FAILURE_MODES = ("right", "garbled", "lost")
 MIN_PREFIX = 3
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def classify_answer(answer: str, reference: str, score: float) -> str:
     """``"right"`` (scored 1), ``"garbled"`` (a number in the answer starts with at least
     :data:`MIN_PREFIX` leading digits of ``reference``) or ``"lost"``."""
     if score >= 1.0:
         return "right"
     numbers = re.findall(r"\d+", answer)
-    best = max((_common_prefix(n, reference) for n in numbers), default=0)
+    best = max((len(os.path.commonprefix([n, reference])) for n in numbers), default=0)
     return "garbled" if best >= min(MIN_PREFIX, len(reference)) else "lost"
 
 

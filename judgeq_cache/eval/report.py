@@ -273,7 +273,7 @@ def markdown_report(
         rows = []
         for m in methods:
             cells = []
-            for b in ["full"] if m == "full" else budgets:
+            for b in _cell_budgets(m, budgets):
                 value = acc.get((setting, m, b))
                 cells.append("" if value is None else f"{100 * value[0]:.0f} ({value[1]})")
             if m == "full":
@@ -298,7 +298,7 @@ def markdown_report(
     sec = aggregate(used, "seconds")
     rows = []
     for m in methods:
-        for b in ["full"] if m == "full" else budgets:
+        for b in _cell_budgets(m, budgets):
             keys = [(s, m, b) for s in settings if (s, m, b) in mib]
             if keys:
                 rows.append(

@@ -8,7 +8,7 @@
    before, after or later), 0.8-2.2k tokens, prefilled once and saved under ``WORK/data/`` (resumable).
 2. Each ``--variants`` entry (``loss:soft_tokens``) trains from the same data; the held-out
    prompts (training distribution, never evaluation prompts) pick the winner by Judge Q's mean needle
-   recall at 10 % and 25 % kept (with the default selection of ``JudgeQCache``).
+   recall at 10 % and 25 % kept, per-head and shared-heads selection averaged.
 3. The winner is written next to this file with its loss curve, report and model card.
 """
 
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--min-tokens", type=int, default=800)
     p.add_argument("--max-tokens", type=int, default=2200)
     p.add_argument("--variants", default="mse:32,kl-shared:32,topk:32")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--threads", type=int, default=0)
@@ -98,14 +98,15 @@ def main() -> None:
             resume=True,
         )
         final = report["final"]
-        score = (final["needle_recall/judgeq@10%"] + final["needle_recall/judgeq@25%"]) / 2
+        cells = [f"needle_recall/judgeq-{sel}@{b}" for sel in ("perhead", "shared") for b in ("10%", "25%")]
+        score = sum(final[c] for c in cells) / len(cells)
         results[variant] = (score, report)
         log.info("%s: held-out needle recall %.4f", variant, score)
     best = max(results, key=lambda k: results[k][0])
     log.info("best variant: %s", best)
     summary = {
         "best_variant": best,
-        "selection_metric": "held-out Judge Q needle recall, mean of 10% and 25% kept",
+        "selection_metric": "held-out Judge Q needle recall, mean of 10%/25% kept x per-head/shared",
         "prepare_seconds": round(prep_seconds, 1),
         "total_wall_seconds": round(time.perf_counter() - t_start, 1),
         "per_variant": {k: {"score": round(v[0], 4), **v[1]} for k, v in results.items()},

@@ -115,8 +115,11 @@ def baseline_scorers(
     adapter: JudgeQAdapter, judgeq_options: dict[str, Any] | None = None
 ) -> dict[str, tuple[Scorer, str]]:
     """The selections the held-out report compares: ``name -> (scorer, which scores it ranks)``."""
+    options = {k: v for k, v in (judgeq_options or {}).items() if k != "shared_heads"}
     return {
         "judgeq": (make_scorer("judgeq", adapter=adapter, **(judgeq_options or {})), "soft"),
+        "judgeq-perhead": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=False), "soft"),
+        "judgeq-shared": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=True), "soft"),
         "snapkv": (make_scorer("snapkv"), "window"),
         "tova": (make_scorer("tova"), "last"),
         "streamingllm": (make_scorer("streamingllm"), "window"),

@@ -153,3 +153,17 @@ class EvictableLayer(DynamicLayer):
         self.visible = None
         self.num_evicted = 0
         self.compressed_length = 0
+
+
+def stacked_visibility(layers: list[EvictableLayer]) -> torch.Tensor | None:
+    """:attr:`EvictableLayer.visible` of ``layers`` stacked along the batch (for caches merged row-wise)."""
+    if all(layer.visible is None for layer in layers):
+        return None
+    return torch.cat(
+        [
+            torch.ones(layer.keys.shape[0], layer.compressed_length, dtype=torch.bool, device=layer.keys.device)
+            if layer.visible is None
+            else layer.visible
+            for layer in layers
+        ]
+    )

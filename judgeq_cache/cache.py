@@ -223,7 +223,9 @@ class EvictionCache(DynamicCache):
         positions = kwargs.get("position_ids")
         drafts = self._draft_count(total)
         length = total - drafts
-        prefill = _Prefill(length, key_mask[:, :length], None if positions is None else positions[..., :length])
+        prefill = _Prefill(
+            length, key_mask[:, :length], None if positions is None else positions[..., :length]
+        )
         evicts = self.auto_compress and self._will_evict(prefill)
         if evicts:
             self._check_generate_mode(drafts)
@@ -296,7 +298,9 @@ class EvictionCache(DynamicCache):
     def _fix_attention_mask(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None:
         layer_idx = getattr(module, "layer_idx", None)
         mask = kwargs.get("attention_mask")
-        layer = self.layers[layer_idx] if isinstance(layer_idx, int) and layer_idx < len(self.layers) else None
+        layer = (
+            self.layers[layer_idx] if isinstance(layer_idx, int) and layer_idx < len(self.layers) else None
+        )
         if not isinstance(layer, EvictableLayer) or self._dry or not isinstance(hidden, torch.Tensor):
             return
         query_length = hidden.shape[-2]
@@ -313,9 +317,7 @@ class EvictionCache(DynamicCache):
     def _row_budgets(self, prefill: _Prefill) -> list[list[int]]:
         """Entries kept per KV head, ``[layer][row]``: the budget applies to each row's real length."""
         real = prefill.key_mask.sum(-1).tolist()
-        per_row = [
-            self.scorer.layer_budgets(self.budget, max(1, int(r)), len(self._evictable)) for r in real
-        ]
+        per_row = [self.scorer.layer_budgets(self.budget, max(1, int(r)), len(self._evictable)) for r in real]
         return [[min(k, prefill.length) for k in layer] for layer in zip(*per_row)]
 
     def _will_evict(self, prefill: _Prefill) -> bool:

@@ -10,7 +10,14 @@ import argparse
 import logging
 import time
 
-from .cliargs import adapter_source, at_least, budget_list, matplotlib_available, non_negative_int, positive_int
+from .cliargs import (
+    adapter_source,
+    at_least,
+    budget_list,
+    matplotlib_available,
+    non_negative_int,
+    positive_int,
+)
 from .eval.records import Record
 
 logger = logging.getLogger(__name__)
@@ -118,7 +125,10 @@ def register_cli(subparsers) -> None:
         help="where to write the accuracy plot ('' = none; needs matplotlib)",
     )
     p.add_argument(
-        "--adapter", type=adapter_source, default=None, help="adapter dir or Hub id (default: the bundled one)"
+        "--adapter",
+        type=adapter_source,
+        default=None,
+        help="adapter dir or Hub id (default: the bundled one)",
     )
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = default)")
     p.set_defaults(func=_main)

@@ -66,7 +66,9 @@ def install(model: nn.Module, base_model: nn.Module) -> None:
         def fix_mask(module, args, kwargs):
             cache = find_cache(args, kwargs)
             if cache is not None:
-                cache._fix_attention_mask(module, kwargs, kwargs.get("hidden_states", args[0] if args else None))
+                cache._fix_attention_mask(
+                    module, kwargs, kwargs.get("hidden_states", args[0] if args else None)
+                )
             return args, kwargs
 
         attention.register_forward_pre_hook(fix_mask, with_kwargs=True)

@@ -161,7 +161,9 @@ def stacked_visibility(layers: list[EvictableLayer]) -> torch.Tensor | None:
         return None
     return torch.cat(
         [
-            torch.ones(layer.keys.shape[0], layer.compressed_length, dtype=torch.bool, device=layer.keys.device)
+            torch.ones(
+                layer.keys.shape[0], layer.compressed_length, dtype=torch.bool, device=layer.keys.device
+            )
             if layer.visible is None
             else layer.visible
             for layer in layers

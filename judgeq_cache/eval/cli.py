@@ -116,7 +116,10 @@ def register_cli(subparsers) -> None:
     rep.add_argument("inputs", nargs="+", help="JSONL files (later files override duplicates)")
     rep.add_argument("--markdown", default=None, help="write the tables here (default: print)")
     rep.add_argument(
-        "--plot", type=plot_path, default=None, help="PNG path (accuracy vs kept fraction, one panel per setting)"
+        "--plot",
+        type=plot_path,
+        default=None,
+        help="PNG path (accuracy vs kept fraction, one panel per setting)",
     )
     rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
     rep.add_argument("--title", default="Results")

@@ -107,10 +107,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default="train")
     p.add_argument("--field", default=None, help="conversation/text field (default: auto)")
-    p.add_argument("--limit", type=positive_int, default=None, help="read at most this many records per --data")
-    p.add_argument("--corpus-prompts", type=non_negative_int, default=0, help="add N prompts over the bundled books")
-    p.add_argument("--min-tokens", type=positive_int, default=1000, help="bundled-text excerpt length, minimum")
-    p.add_argument("--max-tokens", type=positive_int, default=3000, help="bundled-text excerpt length, maximum")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="read at most this many records per --data"
+    )
+    p.add_argument(
+        "--corpus-prompts", type=non_negative_int, default=0, help="add N prompts over the bundled books"
+    )
+    p.add_argument(
+        "--min-tokens", type=positive_int, default=1000, help="bundled-text excerpt length, minimum"
+    )
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=3000, help="bundled-text excerpt length, maximum"
+    )
     p.add_argument("--heldout", type=_heldout, default=0.15, help="held-out fraction (<1) or count (>=1)")
     p.add_argument("--output", "-o", required=True, help="output adapter directory")
     p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
@@ -118,18 +126,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-soft-tokens", type=positive_int, default=32)
     p.add_argument("--init", choices=["vocab", "mean"], default="vocab")
     p.add_argument("--loss", choices=["mse", "kl"], default="mse")
-    p.add_argument("--ignore-first", type=non_negative_int, default=4, help="first prompt tokens left out of the loss")
+    p.add_argument(
+        "--ignore-first", type=non_negative_int, default=4, help="first prompt tokens left out of the loss"
+    )
     p.add_argument("--lr", type=positive_float, default=5e-3)
     p.add_argument("--steps", type=positive_int, default=200, help="optimiser steps")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--grad-accum", type=positive_int, default=1)
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sample", action="store_true", help="sample responses (default greedy)")
-    p.add_argument("--max-prompt-tokens", type=positive_int, default=None, help="middle-truncate longer prompts")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=non_negative_int, default=50, help="steps between checkpoints (0 = end only)")
     p.add_argument(
-        "--eval-every", type=non_negative_int, default=0, help="steps between held-out evaluations (0 = start/end)"
+        "--max-prompt-tokens", type=positive_int, default=None, help="middle-truncate longer prompts"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--save-every", type=non_negative_int, default=50, help="steps between checkpoints (0 = end only)"
+    )
+    p.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=0,
+        help="steps between held-out evaluations (0 = start/end)",
     )
     p.add_argument("--no-keep-prefill", action="store_true", help="re-prefill each step (saves memory)")
 

@@ -77,13 +77,20 @@ class EvictionCache(DynamicCache):
     positions, whether the forward came from ``generate`` or from a direct ``model(...)`` call.
     Sliding-window layers (Gemma-3 style) already hold only a window and are left alone.
 
+    Assisted decoding and prompt lookup put candidate tokens into the prefill forward (``generate``
+    asks for their logits, ``logits_to_keep = candidates + 1``): only the prompt before them is
+    compressed, and they are run again over the compressed prompt, so their logits and entries are
+    those of a forward after compression and ``generate`` can crop the rejected ones. A chunked
+    prefill (``prefill_chunk_size``) that would evict raises ``NotImplementedError`` up front.
+
     Parameters
     ----------
     model : PreTrainedModel
         The model the cache is used with (its hooks are installed once, and are inert for other caches).
     budget : int or float
-        ``int``: entries kept per KV head per layer; ``float`` in ``(0, 1)``: kept fraction of the prompt.
-        A budget at least the prompt length keeps everything.
+        ``int``: entries kept per KV head per layer; ``float`` in ``(0, 1)``: kept fraction of the prompt
+        (of each row's real length in a left-padded batch). A budget at least the prompt length keeps
+        everything.
     scorer : str or Scorer
         ``"snapkv"`` (default), ``"streamingllm"``, ``"h2o"``, ``"pyramidkv"``, ``"random"``, ``"oracle"``,
         ``"judgeq"``, or a :class:`~judgeq_cache.scorers.Scorer` instance.
@@ -96,7 +103,9 @@ class EvictionCache(DynamicCache):
     Attributes
     ----------
     kept_indices : dict[int, Tensor]
-        Prompt positions kept by each evicted layer, ``[B, Hkv, k]``.
+        Prompt positions kept by each evicted layer, ``[B, Hkv, k]`` in original order. In a padded
+        batch whose rows keep different counts, ``k`` is the largest; a row that keeps fewer repeats its
+        first kept position in its leading (masked) filler slots.
     prompt_length : int
         Tokens in the compressed prompt (0 before prefill).
     """

@@ -48,6 +48,8 @@ BAD = [
     (["train", "--output", "o", "--steps", "0"], "--steps", ">= 1"),
     (["train", "--output", "o", "--dtype", "float64"], "--dtype", "invalid choice"),
     (["train", "--output", "o", "--lr", "-1"], "--lr", "positive"),
+    (["train", "--output", "o", "--heldout", "2.5"], "--heldout", "whole count"),
+    (["train", "--output", "o", "--heldout", "-0.1"], "--heldout", "fraction in [0, 1)"),
     (["train", "--output", "o", "--model", "./missing-model"], "--model", "does not exist"),
 ]
 

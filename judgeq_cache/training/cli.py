@@ -77,8 +77,11 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _heldout(text: str) -> float:
     """``--heldout``: a fraction in [0, 1) or a whole count >= 1."""
-    value = positive_float(text) if str(text).strip() not in ("0", "0.0") else 0.0
-    if value >= 1 and not value.is_integer():
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf") or (value >= 1 and not value.is_integer()):
         raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) or a whole count, got {text!r}")
     return value
 

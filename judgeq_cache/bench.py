@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .adapter import JudgeQAdapter
-from .cache import EvictionCache, JudgeQCache, _cache_kwarg_name
+from .cache import EvictionCache, JudgeQCache, cache_kwarg_name
 from .cliargs import fraction, int_list, positive_int
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def make_cache(model: PreTrainedModel, kind: str, kept: float, adapter: JudgeQAd
 
 
 def _kw(model: PreTrainedModel, cache) -> dict:
-    return {_cache_kwarg_name(model): cache}
+    return {cache_kwarg_name(model): cache}
 
 
 @torch.no_grad()

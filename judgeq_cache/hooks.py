@@ -1,17 +1,18 @@
 """Model hooks that let a cache act when a forward it takes part in starts and ends.
 
-Installed once per model and shared by every cache: they do nothing unless the forward's cache
-(found among the call's arguments, whatever transformers calls it) asks for them, so the model
-behaves exactly as before for everyone else. Each hook tells the cache which module called it, so a
-cache built for another model instance can refuse the call.
+Installed once per model and shared by every cache. They are inert for every forward whose cache is
+not forward-aware (a plain ``DynamicCache``, no cache at all, any other ``Cache``): they find no cache
+among the call's arguments, return ``None`` and leave the arguments (the attention mask included)
+untouched, so the model behaves exactly as a never-hooked one. Each hook tells the cache which module
+called it, so a cache built for another model instance can refuse the call.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
+from transformers.cache_utils import Cache
 
 from .capture import attention_modules
 
@@ -21,21 +22,22 @@ _INSTALLED_TOP = "_judgeq_cache_top_hooks"
 
 @runtime_checkable
 class ForwardAware(Protocol):
-    """A cache that wants to know when a forward of its model starts and ends."""
+    """A cache that wants to know when a forward of its model starts and ends (the hook protocol)."""
 
-    def _on_model_call(self, module: nn.Module, kwargs: dict[str, Any] | None) -> None: ...
+    def on_model_call(self, module: nn.Module, kwargs: dict[str, Any] | None) -> None: ...
 
-    def _on_forward_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None: ...
+    def on_forward_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None: ...
 
-    def _on_forward_end(self, module: nn.Module, succeeded: bool, output: Any) -> None: ...
+    def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any) -> None: ...
 
-    def _fix_attention_mask(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None: ...
+    def on_attention_call(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None: ...
 
 
 def find_cache(args: tuple, kwargs: dict[str, Any]) -> ForwardAware | None:
-    """The forward-aware cache passed to a call (``past_key_values=`` or ``cache=`` or positionally)."""
+    """The forward-aware cache passed to a call (``past_key_values=`` or ``cache=`` or positionally);
+    None for any other call. Only ``Cache`` objects are inspected further."""
     for value in (*kwargs.values(), *args):
-        if isinstance(value, ForwardAware):
+        if isinstance(value, Cache) and isinstance(value, ForwardAware):
             return value
     return None
 
@@ -51,27 +53,25 @@ def install(model: nn.Module, base_model: nn.Module) -> None:
     def on_start(module, args, kwargs):
         cache = find_cache(args, kwargs)
         if cache is not None:
-            cache._on_forward_start(module, args, kwargs)
+            cache.on_forward_start(module, args, kwargs)
 
     def on_end(module, args, kwargs, output):
         cache = find_cache(args, kwargs)
         if cache is not None:
-            cache._on_forward_end(module, succeeded=output is not None, output=output)
+            cache.on_forward_end(module, succeeded=output is not None, output=output)
 
     base_model.register_forward_pre_hook(on_start, with_kwargs=True)
     base_model.register_forward_hook(on_end, with_kwargs=True, always_call=True)
 
+    def on_attention(module, args, kwargs):
+        cache = find_cache(args, kwargs)
+        if cache is None:
+            return None  # not our forward: the arguments stay as they are
+        cache.on_attention_call(module, kwargs, kwargs.get("hidden_states", args[0] if args else None))
+        return args, kwargs
+
     for attention in attention_modules(base_model):
-
-        def fix_mask(module, args, kwargs):
-            cache = find_cache(args, kwargs)
-            if cache is not None:
-                cache._fix_attention_mask(
-                    module, kwargs, kwargs.get("hidden_states", args[0] if args else None)
-                )
-            return args, kwargs
-
-        attention.register_forward_pre_hook(fix_mask, with_kwargs=True)
+        attention.register_forward_pre_hook(on_attention, with_kwargs=True)
     setattr(base_model, _INSTALLED, True)
 
 
@@ -81,32 +81,13 @@ def _install_top(model: nn.Module) -> None:
     def on_call(module, args, kwargs):
         cache = find_cache(args, kwargs)
         if cache is not None:
-            cache._on_model_call(module, kwargs)
+            cache.on_model_call(module, kwargs)
 
     def on_return(module, args, kwargs, output):
         cache = find_cache(args, kwargs)
         if cache is not None:
-            cache._on_model_call(module, None)
+            cache.on_model_call(module, None)
 
     model.register_forward_pre_hook(on_call, with_kwargs=True)
     model.register_forward_hook(on_return, with_kwargs=True, always_call=True)
     setattr(model, _INSTALLED_TOP, True)
-
-
-def running_generate_call(model: nn.Module, max_depth: int = 64) -> dict[str, Any] | None:
-    """The local variables of the ``generate`` prefill step of ``model`` that is running right now.
-
-    ``generate`` does not pass its ``GenerationConfig`` to the model's forward, so options that change
-    what the cache sees (``prefill_chunk_size``) can only be read from the caller's frame: the first
-    frame up the stack that belongs to a method of ``model`` and holds a ``generation_config``.
-    Returns ``None`` for direct ``model(...)`` calls.
-    """
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            return None
-        local = frame.f_locals
-        if local.get("self") is model and "generation_config" in local:
-            return dict(local)
-        frame = frame.f_back
-    return None

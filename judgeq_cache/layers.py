@@ -1,12 +1,17 @@
-"""EvictableLayer: a DynamicLayer that stores fewer entries than the tokens it has seen."""
+"""EvictableLayer: a DynamicLayer that stores fewer entries than the tokens it has seen; and the
+operations on any cache layer that an EvictionCache needs (peek, copy, stack rows)."""
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicLayer
 
 
-def _query_length(query: int | torch.Tensor) -> int:
+def query_length(query: int | torch.Tensor) -> int:
     """transformers <=5.3 passes ``cache_position`` to ``get_mask_sizes``, later versions the length."""
     return query if isinstance(query, int) else int(query.shape[0])
 
@@ -78,7 +83,7 @@ class EvictableLayer(DynamicLayer):
         return self.stored_length + self.num_evicted
 
     def get_mask_sizes(self, query: int | torch.Tensor, *args, **kwargs) -> tuple[int, int]:
-        return self.stored_length + _query_length(query), self.num_evicted
+        return self.stored_length + query_length(query), self.num_evicted
 
     def keep(self, indices: torch.Tensor, compact, visible: torch.Tensor | None = None) -> None:
         """Keep only ``indices`` ``[B, H, k]`` (ascending) of the stored entries; free the rest.
@@ -157,8 +162,39 @@ class EvictableLayer(DynamicLayer):
         self.compressed_length = 0
 
 
-def stacked_visibility(layers: list[EvictableLayer]) -> torch.Tensor | None:
-    """:attr:`EvictableLayer.visible` of ``layers`` stacked along the batch (for caches merged row-wise)."""
+def peek_layer(layer: Any, key_states: torch.Tensor, value_states: torch.Tensor):
+    """Stored + new entries of a layer for the scoring pass (which stores nothing); a sliding layer
+    that records its past (assisted decoding) shows only its window, as its mask does."""
+    if isinstance(layer, EvictableLayer):
+        return layer.peek(key_states, value_states)
+    keys, values = layer.keys, layer.values
+    window = getattr(layer, "sliding_window", None)
+    if getattr(layer, "is_sliding", False) and window and keys.shape[-2] > window - 1:
+        keys, values = keys[..., -(window - 1) :, :], values[..., -(window - 1) :, :]
+    return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+def copy_layer(layer: Any) -> Any:
+    """A copy of ``layer`` (any cache layer) whose keys and values are copied too."""
+    twin = copy.copy(layer)
+    if getattr(twin, "keys", None) is not None:
+        twin.keys, twin.values = twin.keys.clone(), twin.values.clone()
+    return twin
+
+
+def stack_layers(layers: Sequence[Any]) -> Any:
+    """One layer whose batch rows are ``layers``' rows, in order (each must store as many entries);
+    an :class:`EvictableLayer` carries the filler slots of rows keeping fewer entries along."""
+    stacked = copy.copy(layers[0])
+    stacked.keys = torch.cat([layer.keys for layer in layers])
+    stacked.values = torch.cat([layer.values for layer in layers])
+    if isinstance(stacked, EvictableLayer):
+        stacked.visible = _stacked_visibility(layers)
+    return stacked
+
+
+def _stacked_visibility(layers: Sequence[EvictableLayer]) -> torch.Tensor | None:
+    """:attr:`EvictableLayer.visible` of ``layers`` stacked along the batch."""
     if all(layer.visible is None for layer in layers):
         return None
     return torch.cat(

@@ -9,15 +9,13 @@ scorers (Judge Q, oracle) run their short pass on each copy.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from .cache import EvictionCache, _Prefill
-from .layers import EvictableLayer, stacked_visibility
+from .cache import EvictionCache
 from .scorers import Scorer, make_scorer
 
 
@@ -86,17 +84,15 @@ class SharedPrefill:
 
     def full_cache(self) -> EvictionCache:
         """An uncompressed copy (the full-cache baseline)."""
-        cache = EvictionCache(self.model, 1, "random", compress=False)
-        self._copy_into(cache)
-        cache._compressed = True  # nothing more to do: later forwards append
+        cache = self._base.fork()
+        cache.skip_compression()  # nothing to evict: later forwards append
         return cache
 
     @torch.no_grad()
     def cache(self, budget: int | float, scorer: str | Scorer = "snapkv", **options: Any) -> EvictionCache:
         """A compressed copy of the prefilled cache, ready for decoding."""
         scorer = make_scorer(scorer, **options)
-        cache = EvictionCache(self.model, budget, scorer, compress=False)
-        self._copy_into(cache)
+        cache = self._base.fork(budget, scorer)
         attention = None
         if scorer.query_source == "window":
             size = min(scorer.window_size, self.prompt_length)
@@ -120,28 +116,7 @@ class SharedPrefill:
         copies of this prefill in one :meth:`generate` call (rows never interact: the result equals
         decoding each alone). Every cache must store the same number of entries in each layer (same
         budget; PyramidKV's layer budgets differ from the uniform ones)."""
-        if not caches:
-            raise ValueError("stack needs at least one cache")
-        lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
-        if len(lengths) > 1:
-            raise ValueError(
-                "caches store different numbers of entries per layer and cannot share a batch; "
-                "group them by budget and layer budgets first"
-            )
-        merged = EvictionCache(self.model, 1, "random", compress=False)
-        merged.layers = [copy.copy(layer) for layer in caches[0].layers]
-        for i, layer in enumerate(merged.layers):
-            layer.keys = torch.cat([c.layers[i].keys for c in caches])
-            layer.values = torch.cat([c.layers[i].values for c in caches])
-            if isinstance(layer, EvictableLayer):  # filler slots of rows keeping fewer entries
-                layer.visible = stacked_visibility([c.layers[i] for c in caches])
-        prefill = self._base._prefill
-        rows = len(caches)
-        positions = None if prefill.position_ids is None else prefill.position_ids.repeat(rows, 1)
-        merged._prefill = _Prefill(prefill.length, prefill.key_mask.repeat(rows, 1), positions)
-        merged.prompt_length = self._base.prompt_length
-        merged._compressed = True
-        return merged
+        return EvictionCache.stack(caches)
 
     @torch.no_grad()
     def generate(self, cache: EvictionCache, max_new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
@@ -151,7 +126,7 @@ class SharedPrefill:
         The first token comes from the shared prefill's logits; ``generate`` then sees the prompt plus
         that token, slices off what the cache already holds (its logical length) and decodes on.
         """
-        rows = cache._prefill.key_mask.shape[0] // self.input_ids.shape[0]
+        rows = cache.batch_size // self.input_ids.shape[0]
         first = self.logits[:, -1:].argmax(-1).repeat(rows, 1)
         if max_new_tokens <= 1:
             return first
@@ -165,15 +140,7 @@ class SharedPrefill:
             attention_mask=mask,
             max_new_tokens=max_new_tokens - 1,
             do_sample=False,
-            **{self._base._cache_kwarg: cache},
+            **{cache.cache_kwarg: cache},
             **generate_kwargs,
         )
         return out[:, self.input_ids.shape[1] :]
-
-    def _copy_into(self, cache: EvictionCache) -> None:
-        cache.layers = [copy.copy(layer) for layer in self._base.layers]
-        for layer in cache.layers:
-            if getattr(layer, "keys", None) is not None:
-                layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
-        cache._prefill = self._base._prefill
-        cache.prompt_length = self._base.prompt_length

@@ -9,7 +9,7 @@ from reference import keep_masks, masked_logits, one_pass_soft_attention
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, prefill_record
 from judgeq_cache.layers import EvictableLayer
 
 SCORERS = ["judgeq", "snapkv", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
@@ -365,13 +365,13 @@ def _repetitive_prompt(seed: int = 0) -> torch.Tensor:
 
 def _draft_counts(monkeypatch) -> list[int]:
     counts: list[int] = []
-    original = EvictionCache._draft_count
+    original = prefill_record.draft_count
 
-    def spy(self, total):
-        counts.append(original(self, total))
+    def spy(logits_to_keep, total):
+        counts.append(original(logits_to_keep, total))
         return counts[-1]
 
-    monkeypatch.setattr(EvictionCache, "_draft_count", spy)
+    monkeypatch.setattr(prefill_record, "draft_count", spy)
     return counts
 
 

@@ -103,7 +103,7 @@ def kept_fraction(cache: EvictionCache, prompt_length: int) -> float:
     """Mean fraction of the compressed prompt kept over the evictable layers."""
     if not cache.kept_indices:
         return 1.0
-    evictable = cache._evictable
+    evictable = cache.evictable_layers
     kept = [
         cache.kept_indices[i].shape[-1] / prompt_length if i in cache.kept_indices else 1.0 for i in evictable
     ]
@@ -114,7 +114,7 @@ def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tok
     """Greedy answers ``[R, T]``, one row per batch row of ``cache`` (a single or stacked copy)."""
     if prompt.appended.shape[1] == 0:
         return shared.generate(cache, max_new_tokens)
-    rows = cache._prefill.key_mask.shape[0]
+    rows = cache.batch_size
     ids = prompt.input_ids.repeat(rows, 1)
     out = model.generate(
         input_ids=ids,

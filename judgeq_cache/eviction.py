@@ -1,0 +1,95 @@
+"""Eviction: how many entries each row keeps, which ones (the scorer's selection), and the compaction.
+
+The budget applies to each row's *real* length (left padding excluded). Rows keeping the same count
+share one :meth:`~judgeq_cache.scorers.Scorer.select`; rows keeping different counts are selected one
+by one and stored with the widest row's count (see :meth:`~judgeq_cache.layers.EvictableLayer.keep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import kernels
+from .budget import Budget
+from .layers import EvictableLayer
+from .prefill_record import PrefillRecord
+from .scorers import LayerInputs, Scorer
+
+
+def row_budgets(scorer: Scorer, budget: Budget, record: PrefillRecord, num_layers: int) -> list[list[int]]:
+    """Entries kept per KV head, ``[layer][row]``, for ``num_layers`` evictable layers."""
+    real = record.key_mask.sum(-1).tolist()
+    per_row = [scorer.layer_budgets(budget, max(1, int(r)), num_layers) for r in real]
+    return [[min(k, record.length) for k in layer] for layer in zip(*per_row)]
+
+
+def evicts(row_budgets: list[int], real_lengths: list[int], stored: int) -> bool:
+    """Whether a layer keeping ``row_budgets`` entries per row drops anything: a row keeps fewer than
+    its real tokens, or the stored width shrinks (padding dropped)."""
+    return max(row_budgets) < stored or any(k < r for k, r in zip(row_budgets, real_lengths))
+
+
+def any_evicts(budgets: list[list[int]], record: PrefillRecord) -> bool:
+    """Whether any layer keeping ``budgets`` (``[layer][row]``) drops anything from the prompt."""
+    real = record.key_mask.sum(-1).tolist()
+    return any(evicts(b, real, record.length) for b in budgets)
+
+
+def evict_layer(
+    layer_idx: int,
+    layer: EvictableLayer,
+    row_budgets: list[int],
+    scorer: Scorer,
+    attention: torch.Tensor | None,
+    key_mask: torch.Tensor,
+) -> torch.Tensor | None:
+    """Keep ``row_budgets`` entries of each row of ``layer``, chosen by ``scorer`` from the layer's
+    ``attention`` scores (if its queries were captured) and ``key_mask`` ``[B, N]`` (``False`` on
+    padding); returns the kept positions ``[B, Hkv, max(row_budgets)]``, or None when the layer
+    keeps everything."""
+    key_mask = key_mask.to(layer.keys.device)  # layers may live on several devices
+    if not evicts(row_budgets, key_mask.sum(-1).tolist(), layer.stored_length):
+        return None
+    inputs = LayerInputs(
+        layer_idx=layer_idx,
+        keys=layer.keys,
+        values=layer.values,
+        attention=attention,
+        key_mask=key_mask,
+        budget=max(row_budgets),
+    )
+    if len(set(row_budgets)) == 1:
+        indices, visible = scorer.select(inputs), None
+    else:
+        indices, visible = select_rows(scorer, inputs, row_budgets)
+    layer.keep(indices, kernels.gather_kv, visible)
+    return indices
+
+
+def select_rows(
+    scorer: Scorer, inputs: LayerInputs, row_budgets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows keeping different counts: each row's own top-k (the scorer's selection on that row
+    alone), stored with the common width ``max(row_budgets)``; a row that keeps fewer fills its
+    leading slots with copies of its first kept entry, marked ``False`` in the returned
+    ``visible`` ``[B, width]`` and masked out of attention
+    (:func:`~judgeq_cache.attention_masks.hide_fillers`)."""
+    width = max(row_budgets)
+    rows = []
+    for b, budget in enumerate(row_budgets):
+        row = dataclasses.replace(
+            inputs,
+            keys=inputs.keys[b : b + 1],
+            values=inputs.values[b : b + 1],
+            attention=None if inputs.attention is None else inputs.attention[b : b + 1],
+            key_mask=inputs.key_mask[b : b + 1],
+            budget=budget,
+        )
+        idx = scorer.select(row)
+        rows.append(torch.cat([idx[..., :1].expand(-1, -1, width - budget), idx], dim=-1))
+    device = inputs.keys.device
+    fill = torch.tensor([width - k for k in row_budgets], device=device)
+    visible = torch.arange(width, device=device)[None, :] >= fill[:, None]
+    return torch.cat(rows), visible

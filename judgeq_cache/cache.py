@@ -13,7 +13,6 @@ refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +30,6 @@ from .guards import another_model_error
 from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
 from .prefill_record import Drafts, PrefillRecord
 from .scorers import JudgeQScorer, Scorer, make_scorer
-
-logger = logging.getLogger(__name__)
 
 
 class EvictionCache(PromptCompression, DynamicCache):

@@ -190,7 +190,8 @@ class EvictionCache(PromptCompression, DynamicCache):
 
     @property
     def prefill_mask(self) -> torch.Tensor | None:
-        """``[B, N]`` bool over the prefilled prompt, ``False`` on padding (None before the prefill)."""
+        """``[B, N]`` bool over the prefilled prompt, ``False`` on padding (None before the prefill);
+        the cache's own tensor, to read, not to modify."""
         return None if self._prefill is None else self._prefill.key_mask
 
     def query_capture(
@@ -230,8 +231,9 @@ class EvictionCache(PromptCompression, DynamicCache):
     ) -> EvictionCache:
         """An uncompressed ``EvictionCache(compress=False)`` copy of this prefilled, not yet compressed
         cache: same model and prefill, its own copy of every entry, and ``budget``/``scorer`` where
-        given (else this cache's). Compress it with :meth:`compress` or :meth:`skip_compression`;
-        this cache is left as it is, so one prefill serves many copies."""
+        given (else this cache's; a JudgeQCache's scorer carries its adapter). Compress the copy with
+        :meth:`compress` or :meth:`skip_compression`; this cache is left as it is, so one prefill
+        serves many copies."""
         self._check_uncompressed_prefill("fork")
         twin = EvictionCache(
             self._model,

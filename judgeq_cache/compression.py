@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import eviction
 from .attention_masks import fit_attention_mask
 from .budget import Budget
 from .capture import AttentionCapture
-from .eviction import any_evicts, evict_layer, row_budgets
 from .guards import another_model_error, check_generate_mode
 from .layers import EvictableLayer
 from .prefill_record import Drafts, PrefillRecord, read_prefill_call, rerun_drafts, set_aside_drafts
@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 class PromptCompression:
     """Mixin of :class:`~judgeq_cache.cache.EvictionCache`: the prefill's lifecycle and compression.
 
-    The state it reads and writes is set up by ``EvictionCache.__init__``.
+    The state it reads and writes (annotated below) is set up by ``EvictionCache.__init__``; it also
+    calls the cache's ``get_seq_length``, ``query_capture``, ``_ragged`` and ``_check_uncompressed_prefill``.
     """
 
     layers: list[Any]
@@ -70,7 +71,7 @@ class PromptCompression:
         if self._dry or self._prefill is not None or self.get_seq_length() > 0:
             return
         prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep)
-        evicts = self.auto_compress and any_evicts(self._row_budgets(prefill), prefill)
+        evicts = self.auto_compress and eviction.any_evicts(self._row_budgets(prefill), prefill)
         if evicts:
             check_generate_mode(self._model, self.layers, 0 if drafts is None else drafts.count)
         self._prefill, self._drafts = prefill, drafts
@@ -112,7 +113,7 @@ class PromptCompression:
     # ------------------------------------------------------------------ scoring and eviction
     def _row_budgets(self, prefill: PrefillRecord) -> list[list[int]]:
         """Entries kept per KV head, ``[layer][row]``: the budget applies to each row's real length."""
-        return row_budgets(self.scorer, self.budget, prefill, len(self._evictable))
+        return eviction.row_budgets(self.scorer, self.budget, prefill, len(self._evictable))
 
     @contextlib.contextmanager
     def dry_run(self) -> Iterator[None]:
@@ -171,7 +172,7 @@ class PromptCompression:
         prefill = self._prefill
         budgets = self._row_budgets(prefill)
         hidden = None
-        if any_evicts(budgets, prefill):
+        if eviction.any_evicts(budgets, prefill):
             drafts = set_aside_drafts(self.layers, prefill, self._drafts)
             if attention is None and self.scorer.query_source == "appended":
                 attention = self.appended_attention(
@@ -182,10 +183,12 @@ class PromptCompression:
                     f"scorer {self.scorer.name!r} needs the prompt's queries, which are captured during the "
                     "prefill forward; with compress=False pass them to compress(attention=...)"
                 )
-            for layer_idx, row_budgets_ in zip(self._evictable, budgets):
+            for layer_idx, row_budgets in zip(self._evictable, budgets):
                 scores = None if attention is None else attention.get(layer_idx)
                 layer = self.layers[layer_idx]
-                kept = evict_layer(layer_idx, layer, row_budgets_, self.scorer, scores, prefill.key_mask)
+                kept = eviction.evict_layer(
+                    layer_idx, layer, row_budgets, self.scorer, scores, prefill.key_mask
+                )
                 if kept is not None:
                     self.kept_indices[layer_idx] = kept
             self._compressed = True

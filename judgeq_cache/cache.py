@@ -74,7 +74,7 @@ class EvictionCache(PromptCompression, DynamicCache):
         Tokens in the compressed prompt (0 before prefill).
 
     The public surface other modules build on: :attr:`evictable_layers`, :attr:`cache_kwarg`,
-    :attr:`batch_size`, :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`,
+    :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`,
     :meth:`load_prefill`, :meth:`fork`, :meth:`skip_compression`, :meth:`stack`,
     :meth:`appended_attention`, :meth:`compress`. The ``on_*`` methods are the hook protocol
     (:mod:`judgeq_cache.hooks`), called by the model's hooks, not by users.
@@ -182,11 +182,6 @@ class EvictionCache(PromptCompression, DynamicCache):
     def cache_kwarg(self) -> str:
         """The forward argument this cache is passed as (``"cache"`` on transformers >= 5.24)."""
         return self._cache_kwarg
-
-    @property
-    def batch_size(self) -> int:
-        """Rows of the prefilled prompt (0 before the prefill)."""
-        return 0 if self._prefill is None else self._prefill.key_mask.shape[0]
 
     @property
     def prefill_mask(self) -> torch.Tensor | None:

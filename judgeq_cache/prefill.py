@@ -126,7 +126,7 @@ class SharedPrefill:
         The first token comes from the shared prefill's logits; ``generate`` then sees the prompt plus
         that token, slices off what the cache already holds (its logical length) and decodes on.
         """
-        rows = cache.batch_size // self.input_ids.shape[0]
+        rows = cache.prefill_mask.shape[0] // self.input_ids.shape[0]
         first = self.logits[:, -1:].argmax(-1).repeat(rows, 1)
         if max_new_tokens <= 1:
             return first

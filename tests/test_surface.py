@@ -1,5 +1,5 @@
 """The public surface of EvictionCache that the rest of the package builds on: fork, skip_compression,
-stack, batch_size, prefill_mask, cache_kwarg; and that nothing outside the cache core uses its
+stack, prefill_mask, cache_kwarg; and that nothing outside the cache core uses its
 underscored members."""
 
 from __future__ import annotations
@@ -49,16 +49,15 @@ def _base(arch: str = "llama", padded: bool = False):
     return model, ids, mask, _prefilled(model, ids, mask, EvictionCache(model, 0.5, "random", compress=False))
 
 
-def test_batch_size_and_prefill_mask_read_the_prefill():
+def test_prefill_mask_reads_the_prefill():
     model = make_model("llama")
     cache = EvictionCache(model, 8, "streamingllm", compress=False)
-    assert cache.batch_size == 0 and cache.prefill_mask is None
+    assert cache.prefill_mask is None
     ids, mask = _prompt(padded=True)
     _prefilled(model, ids, mask, cache)
-    assert cache.batch_size == 2
     assert cache.prefill_mask.dtype == torch.bool and torch.equal(cache.prefill_mask, mask.bool())
     cache.reset()
-    assert cache.batch_size == 0 and cache.prefill_mask is None
+    assert cache.prefill_mask is None
 
 
 def test_cache_kwarg_names_the_forward_argument():
@@ -75,7 +74,7 @@ def test_fork_is_an_uncompressed_copy_that_compresses_like_a_dedicated_cache(arc
     assert type(twin) is EvictionCache and twin is not base and not twin.auto_compress
     assert twin.budget == base.budget and twin.scorer is base.scorer
     assert not twin.is_compressed and twin.prompt_length == base.prompt_length == ids.shape[1]
-    assert twin.batch_size == 2 and torch.equal(twin.prefill_mask, base.prefill_mask)
+    assert twin.prefill_mask is base.prefill_mask
     for mine, theirs in zip(twin.layers, base.layers):
         assert torch.equal(mine.keys, theirs.keys) and mine.keys.data_ptr() != theirs.keys.data_ptr()
     before = [layer.keys.shape[-2] for layer in base.layers]
@@ -151,7 +150,7 @@ def test_stack_merges_rows_and_leaves_its_inputs_alone():
     keys_a = [layer.keys for layer in a.layers]
     merged = EvictionCache.stack([a, c])
     assert type(merged) is EvictionCache and merged.is_compressed and merged.kept_indices == {}
-    assert merged.batch_size == 4 and merged.prompt_length == a.prompt_length
+    assert merged.prompt_length == a.prompt_length and merged.layers[0].keys.shape[0] == 4
     assert torch.equal(merged.prefill_mask, torch.cat([a.prefill_mask, c.prefill_mask]))
     for i, layer in enumerate(merged.layers):
         assert torch.equal(layer.keys, torch.cat([a.layers[i].keys, c.layers[i].keys]))

@@ -114,7 +114,7 @@ def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tok
     """Greedy answers ``[R, T]``, one row per batch row of ``cache`` (a single or stacked copy)."""
     if prompt.appended.shape[1] == 0:
         return shared.generate(cache, max_new_tokens)
-    rows = cache.batch_size
+    rows = cache.prefill_mask.shape[0]
     ids = prompt.input_ids.repeat(rows, 1)
     out = model.generate(
         input_ids=ids,

@@ -104,11 +104,12 @@ def register_cli(subparsers) -> None:
 def _prepare(args):
     import torch
 
-    from .loading import load_eval_model, load_samples
+    from ..models import load_model
+    from .loading import load_samples
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_eval_model(args.model)
+    model, tokenizer = load_model(args.model)
     samples = []
     for spec in _csv(args.tasks):
         samples += load_samples(

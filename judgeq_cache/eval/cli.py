@@ -217,8 +217,10 @@ def _report(args) -> int:
     if args.markdown:
         from pathlib import Path
 
+        from ..utils import atomic_write
+
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        atomic_write(args.markdown, text)
         logger.info("wrote %s", args.markdown)
     else:
         print(text)

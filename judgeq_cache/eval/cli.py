@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .methods import PRESS_METHODS, default_methods, default_presses
 from .prompts import SETTINGS
 from .records import parse_budget
+from .runner import METHODS
 
 logger = logging.getLogger(__name__)
-
-_OUR_METHODS = "full,judgeq,snapkv,pyramidkv,h2o,streamingllm,random"
-_PRESSES = (
-    "kvpress-snapkv,kvpress-streamingllm,kvpress-expected_attention,kvpress-tova,kvpress-knorm,kvpress-random"
-)
 
 
 def _csv(text: str) -> list[str]:
@@ -58,10 +55,12 @@ def register_cli(subparsers) -> None:
 
     run = sub.add_parser("run", help="our methods (one shared prefill per sample and setting)")
     _common(run)
+    ours = default_methods()
+    others = [m for m in METHODS if m not in ours]
     run.add_argument(
         "--methods",
-        default=_OUR_METHODS,
-        help="comma list (full = no eviction; also judgeq-shared, snapkv-shared: one selection for all heads)",
+        default=",".join(ours),
+        help=f"comma list (full = no eviction; also {', '.join(others)}; -shared: one selection for all heads)",
     )
     run.add_argument(
         "--adapter",
@@ -75,7 +74,9 @@ def register_cli(subparsers) -> None:
         "kvpress", help="kvpress presses on the same samples (needs kvpress, transformers<5.3)"
     )
     _common(kv)
-    kv.add_argument("--presses", default=_PRESSES, help="comma list (kvpress-kvzip also available)")
+    presses = default_presses()
+    also = ", ".join(p for p in PRESS_METHODS if p not in presses)
+    kv.add_argument("--presses", default=",".join(presses), help=f"comma list ({also} also available)")
     kv.set_defaults(func=_kvpress)
 
     rep = sub.add_parser("report", help="merge JSONL files into a markdown table and a plot")

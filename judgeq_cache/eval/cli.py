@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .layouts import SETTINGS
 from .methods import PRESS_METHODS, default_methods, default_presses
-from .prompts import SETTINGS
 from .records import parse_budget
 from .runner import METHODS
 

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .. import utils
+from .layouts import PromptLayout, build_prompt
 from .metrics import score
-from .prompts import Prompt, build_prompt
 from .records import Record, append_record, budget_label, read_records, record_key
 from .runner import decode_answer, size_batches
 from .tasks import Sample
@@ -244,7 +244,7 @@ class _Job:
     tokenizer: Any
     sample: Sample
     setting: str
-    prompt: Prompt
+    prompt: PromptLayout
     stop: set[int]
     model_name: str
     output: str | os.PathLike | None

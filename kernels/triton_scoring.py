@@ -132,33 +132,25 @@ def attention_scores(
     part_max = torch.empty((bh, splits, rows), dtype=torch.float32, device=query.device)
     part_sum = torch.empty_like(part_max)
     flags = dict(HAS_MASK=has_mask, CAUSAL=causal)
+    # Arguments passes 1 and 3 share: the layout before their own scalars, the logits after them.
+    layout = (*query.stride(), *key.stride(), stride_mb, num_kv_heads, group, m, n)
+    logits = (dim, offset, qk_scale, softcap_f)
+    logit_flags = dict(
+        flags, HAS_SOFTCAP=has_softcap, DOT_FP32=dot_fp32, IEEE=ieee, BLOCK_N=block_n, D_PAD=d_pad
+    )
     _row_stats_kernel[(bh, row_blocks, splits)](
         query,
         key,
         mask,
         part_max,
         part_sum,
-        *query.stride(),
-        *key.stride(),
-        stride_mb,
-        num_kv_heads,
-        group,
-        m,
-        n,
+        *layout,
         n_limit,
         keys_per_split,
         splits,
-        dim,
-        offset,
-        qk_scale,
-        softcap_f,
-        **flags,
-        HAS_SOFTCAP=has_softcap,
-        DOT_FP32=dot_fp32,
-        IEEE=ieee,
+        *logits,
+        **logit_flags,
         BLOCK_M=block_m1,
-        BLOCK_N=block_n,
-        D_PAD=d_pad,
         num_warps=warps1,
     )
     row_max = torch.empty((bh, rows), dtype=torch.float32, device=query.device)
@@ -182,30 +174,6 @@ def attention_scores(
         M_PAD=max(2, triton.next_power_of_2(m)),
     )
     _accumulate_kernel[(bh, triton.cdiv(num_out, block_n))](
-        query,
-        key,
-        mask,
-        row_max,
-        weight,
-        out,
-        *query.stride(),
-        *key.stride(),
-        stride_mb,
-        num_kv_heads,
-        group,
-        m,
-        n,
-        num_out,
-        dim,
-        offset,
-        qk_scale,
-        softcap_f,
-        **flags,
-        HAS_SOFTCAP=has_softcap,
-        DOT_FP32=dot_fp32,
-        IEEE=ieee,
-        BLOCK_M=block_m2,
-        BLOCK_N=block_n,
-        D_PAD=d_pad,
+        query, key, mask, row_max, weight, out, *layout, num_out, *logits, **logit_flags, BLOCK_M=block_m2
     )
     return out

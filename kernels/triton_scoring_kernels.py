@@ -1,6 +1,6 @@
 """The ``@triton.jit`` kernels of the fused soft-query scoring (launched by :mod:`.triton_scoring`).
 
-``_logits`` and ``_allowed`` are device helpers shared by the passes; ``_row_stats_kernel`` (pass 1),
+``_logits``, ``_allowed``, ``_query_tile`` and ``_key_tile`` are device helpers shared by the passes; ``_row_stats_kernel`` (pass 1),
 ``_combine_kernel`` (pass 2) and ``_accumulate_kernel`` (pass 3) are described in
 :mod:`.triton_scoring`, which also chooses their block sizes and grids.
 """
@@ -65,6 +65,35 @@ def _allowed(
 
 
 @triton.jit
+def _query_tile(
+    q_ptr, b, h, rows, dims, stride_qb, stride_qh, stride_qm, stride_qd, group, m_queries, head_dim
+):
+    """``[BLOCK_M, D_PAD]`` query rows of KV head ``h``'s GQA group (row ``r``: query ``r % m`` of
+    head ``h * group + r // m``); zeros past the last row and the head dim."""
+    q_head = h * group + rows // m_queries
+    q_off = b * stride_qb + q_head.to(tl.int64) * stride_qh + (rows % m_queries) * stride_qm
+    return tl.load(
+        q_ptr + q_off[:, None] + dims[None, :] * stride_qd,
+        mask=(rows[:, None] < group * m_queries) & (dims[None, :] < head_dim),
+        other=0.0,
+    )
+
+
+@triton.jit
+def _key_tile(k_ptr, b, h, cols, dims, stride_kb, stride_kh, stride_kn, stride_kd, n_keys, head_dim):
+    """``[BLOCK_N, D_PAD]`` keys ``cols`` of KV head ``h``; zeros from ``n_keys`` on and past the head dim."""
+    return tl.load(
+        k_ptr
+        + b * stride_kb
+        + h * stride_kh
+        + cols[:, None].to(tl.int64) * stride_kn
+        + dims[None, :] * stride_kd,
+        mask=(cols[:, None] < n_keys) & (dims[None, :] < head_dim),
+        other=0.0,
+    )
+
+
+@triton.jit
 def _row_stats_kernel(
     q_ptr,
     k_ptr,
@@ -110,26 +139,17 @@ def _row_stats_kernel(
     rows = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D_PAD)
     row_ok = rows < num_rows
-    q_head = h * group + rows // m_queries
-    q_off = b * stride_qb + q_head.to(tl.int64) * stride_qh + (rows % m_queries) * stride_qm
-    q = tl.load(
-        q_ptr + q_off[:, None] + dims[None, :] * stride_qd,
-        mask=row_ok[:, None] & (dims[None, :] < head_dim),
-        other=0.0,
+    q = _query_tile(
+        q_ptr, b, h, rows, dims, stride_qb, stride_qh, stride_qm, stride_qd, group, m_queries, head_dim
     )
 
-    k_base = k_ptr + b * stride_kb + h * stride_kh
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     start = pid_s * keys_per_split
     stop = tl.minimum(start + keys_per_split, n_limit)
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            k_base + cols[:, None].to(tl.int64) * stride_kn + dims[None, :] * stride_kd,
-            mask=(cols[:, None] < stop) & (dims[None, :] < head_dim),
-            other=0.0,
-        )
+        k = _key_tile(k_ptr, b, h, cols, dims, stride_kb, stride_kh, stride_kn, stride_kd, stop, head_dim)
         s = _logits(q, k, qk_scale, softcap, HAS_SOFTCAP, DOT_FP32, IEEE)
         ok = _allowed(
             rows, cols, mask_ptr, stride_mb, b, num_rows, stop, m_queries, causal_offset, HAS_MASK, CAUSAL
@@ -244,25 +264,13 @@ def _accumulate_kernel(
 
     dims = tl.arange(0, D_PAD)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = tl.load(
-        k_ptr
-        + b * stride_kb
-        + h * stride_kh
-        + cols[:, None].to(tl.int64) * stride_kn
-        + dims[None, :] * stride_kd,
-        mask=(cols[:, None] < n_keys) & (dims[None, :] < head_dim),
-        other=0.0,
-    )
+    k = _key_tile(k_ptr, b, h, cols, dims, stride_kb, stride_kh, stride_kn, stride_kd, n_keys, head_dim)
     acc = tl.zeros([BLOCK_N], tl.float32)
     for r0 in range(0, num_rows, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_ok = rows < num_rows
-        q_head = h * group + rows // m_queries
-        q_off = b * stride_qb + q_head.to(tl.int64) * stride_qh + (rows % m_queries) * stride_qm
-        q = tl.load(
-            q_ptr + q_off[:, None] + dims[None, :] * stride_qd,
-            mask=row_ok[:, None] & (dims[None, :] < head_dim),
-            other=0.0,
+        q = _query_tile(
+            q_ptr, b, h, rows, dims, stride_qb, stride_qh, stride_qm, stride_qd, group, m_queries, head_dim
         )
         row_max = tl.load(rmax_ptr + pid_bh * num_rows + rows, mask=row_ok, other=0.0)
         weight = tl.load(weight_ptr + pid_bh * num_rows + rows, mask=row_ok, other=0.0)

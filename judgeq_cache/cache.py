@@ -42,18 +42,6 @@ class _Prefill:
         return (self.length - 1 + steps).expand(self.key_mask.shape[0], -1)
 
 
-def protected_mask(key_mask: torch.Tensor, sinks: int, recent: int) -> torch.Tensor | None:
-    """``[B, N]`` bool: the first ``sinks`` real tokens of each row and the last ``recent`` positions."""
-    if sinks <= 0 and recent <= 0:
-        return None
-    n = key_mask.shape[-1]
-    real_index = key_mask.long().cumsum(-1) - 1
-    protected = key_mask & (real_index < sinks)
-    if recent > 0:
-        protected[:, max(0, n - recent) :] = True
-    return protected & key_mask
-
-
 class EvictionCache(DynamicCache):
     """A drop-in ``DynamicCache`` that keeps only the best ``budget`` prompt entries per KV head.
 
@@ -330,20 +318,49 @@ class EvictionCache(DynamicCache):
             key_mask=key_mask,
             budget=budget,
         )
-        scores = self.scorer.score(inputs)
-        if self.scorer.shared_heads:
-            scores = scores.mean(dim=1, keepdim=True).expand_as(scores)
-        sinks, recent = self.scorer.protected_counts(budget)
-        indices = kernels.select_indices(
-            scores,
-            budget,
-            key_mask=key_mask,
-            protected=protected_mask(key_mask, sinks, recent),
-            pooling_kernel=self.scorer.pooling_kernel,
-            pooling=self.scorer.pooling,
-        )
+        indices = self.scorer.select(inputs)
         layer.keep(indices, kernels.gather_kv)
         self.kept_indices[layer_idx] = indices
+
+    # ------------------------------------------------------------------ public surface for tools
+    @property
+    def evictable_layers(self) -> tuple[int, ...]:
+        """Indices of the full-attention layers this cache scores and evicts."""
+        return tuple(self._evictable)
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The forward argument this cache is passed as (``"cache"`` on transformers >= 5.24)."""
+        return self._cache_kwarg
+
+    def query_capture(
+        self, query_slice: slice, causal_offset: int, num_out: int, key_mask: torch.Tensor | None
+    ) -> AttentionCapture:
+        """A context manager scoring ``query_slice`` of every evictable layer's attention calls (see
+        :class:`~judgeq_cache.capture.QueryPlan`); ``.scores`` holds ``{layer: [B, Hkv, num_out]}``."""
+        plan = QueryPlan(query_slice, causal_offset, num_out, key_mask, self._layer_set())
+        return AttentionCapture(self._attn_names, plan)
+
+    def load_prefill(
+        self,
+        keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+        key_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Adopt an already computed prompt KV (one ``(keys, values)`` ``[B, Hkv, N, D]`` per layer)
+        as this cache's prefill, as if the prompt had just run through the model; nothing is
+        compressed (call :meth:`compress`, or use :meth:`appended_attention`)."""
+        if self._prefill is not None or self.get_seq_length() > 0:
+            raise RuntimeError("load_prefill needs an empty cache")
+        if len(keys_values) != len(self.layers):
+            raise ValueError(f"got KV for {len(keys_values)} layers, the model has {len(self.layers)}")
+        bsz, _, n, _ = keys_values[0][0].shape
+        if key_mask is None:
+            key_mask = torch.ones((bsz, n), dtype=torch.bool, device=keys_values[0][0].device)
+        self._prefill = _Prefill(n, key_mask.bool(), position_ids)
+        self.prompt_length = n
+        for layer, (keys, values) in zip(self.layers, keys_values):
+            layer.update(keys, values)
 
     def reset(self) -> None:
         super().reset()

@@ -1,5 +1,6 @@
 """``judgeq demo``: needle prompts at 2k tokens on the embedded SmolLM2-135M with its bundled Judge Q
-adapter, side by side with the full cache, SnapKV and StreamingLLM at 25 % and 10 % kept.
+adapter, side by side with the full cache, SnapKV, StreamingLLM and TOVA at 25 % and 10 % kept; the
+needles sit at 20 %, 50 % and 80 % of the context.
 
 Offline; a few minutes on a laptop CPU (the first run converts the GGUF once, ~30 s).
 """
@@ -16,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["register_cli", "run_demo", "summary_rows", "table"]
 
-METHODS = ["full", "judgeq", "snapkv", "streamingllm"]
+METHODS = ["full", "judgeq", "snapkv", "streamingllm", "tova"]
+
+#: Where the demo's needles sit in the context: spread out, so that no method wins by construction
+#: (keeping the most recent tokens finds a needle at 95 % and loses one at 20 %).
+DEPTHS = [0.2, 0.5, 0.8]
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -49,7 +54,7 @@ def run_demo(
     from .eval.tasks import make_samples
 
     budgets = budgets or [0.25, 0.1]
-    prompts = make_samples(task, samples, length, tokenizer, seed=0)
+    prompts = make_samples(task, samples, length, tokenizer, seed=0, depths=DEPTHS)
     return list(
         evaluate(
             model,

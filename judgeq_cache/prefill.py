@@ -17,7 +17,6 @@ import torch
 from transformers import PreTrainedModel
 
 from .cache import EvictionCache, _Prefill
-from .capture import AttentionCapture, QueryPlan
 from .scorers import Scorer, make_scorer
 
 
@@ -29,8 +28,8 @@ class SharedPrefill:
     model : PreTrainedModel
     input_ids : LongTensor ``[B, N]``
     attention_mask : Tensor ``[B, N]``, optional
-    window_size : int
-        Last-window size captured for SnapKV/PyramidKV (their default is 32).
+    window_size : int or sequence of int
+        Last-window sizes captured for window scorers (SnapKV/PyramidKV use 32, TOVA 1).
     all_queries : bool
         Also capture every prompt query's attention (for H2O; costs one extra attention computation).
     """
@@ -42,7 +41,7 @@ class SharedPrefill:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        window_size: int = 32,
+        window_size: int | Sequence[int] = 32,
         all_queries: bool = True,
     ) -> None:
         device = model.get_input_embeddings().weight.device
@@ -51,25 +50,29 @@ class SharedPrefill:
         self.model = model
         self.input_ids = input_ids
         self.attention_mask = attention_mask
-        self.window_size = min(window_size, input_ids.shape[1])
-        self._base = EvictionCache(model, 1, "random", compress=False)
         n = input_ids.shape[1]
-        layers = frozenset(self._base._evictable)
+        sizes = [window_size] if isinstance(window_size, int) else list(window_size)
+        self.window_sizes = sorted({min(w, n) for w in sizes})
+        self._base = EvictionCache(model, 1, "random", compress=False)
         mask = None if attention_mask is None else attention_mask.bool()
-        window = AttentionCapture(
-            self._base._attn_names,
-            QueryPlan(slice(n - self.window_size, None), n - self.window_size, n, mask, layers),
-        )
-        everything = AttentionCapture(self._base._attn_names, QueryPlan(slice(None), 0, n, mask, layers))
-        with window, everything if all_queries else contextlib.nullcontext():
+        windows = {w: self._base.query_capture(slice(n - w, None), n - w, n, mask) for w in self.window_sizes}
+        everything = self._base.query_capture(slice(None), 0, n, mask)
+        with contextlib.ExitStack() as stack:
+            for capture in windows.values():
+                stack.enter_context(capture)
+            if all_queries:
+                stack.enter_context(everything)
             self.outputs = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's logits are ever read
-                **{self._base._cache_kwarg: self._base},
+                **{self._base.cache_kwarg: self._base},
             )
-        self.attention = {"window": window.scores, "all": everything.scores if all_queries else None}
+        self.attention = {
+            "window": {w: c.scores for w, c in windows.items()},
+            "all": everything.scores if all_queries else None,
+        }
 
     @property
     def prompt_length(self) -> int:
@@ -95,12 +98,13 @@ class SharedPrefill:
         self._copy_into(cache)
         attention = None
         if scorer.query_source == "window":
-            if min(scorer.window_size, self.prompt_length) != self.window_size:
+            size = min(scorer.window_size, self.prompt_length)
+            if size not in self.attention["window"]:
                 raise ValueError(
                     f"{scorer.name} uses a {scorer.window_size}-query window but this prefill captured "
-                    f"{self.window_size}; pass window_size={scorer.window_size} to SharedPrefill"
+                    f"{self.window_sizes}; pass window_size={scorer.window_size} to SharedPrefill"
                 )
-            attention = self.attention["window"]
+            attention = self.attention["window"][size]
         elif scorer.query_source == "all":
             attention = self.attention["all"]
             if attention is None:

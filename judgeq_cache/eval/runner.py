@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 
 from ..adapter import JudgeQAdapter
 from ..cache import EvictionCache
-from ..hitrate import hit_rate
+from ..hitrate import hit_rate, needle_recall
 from ..prefill import SharedPrefill
 from .layouts import PromptLayout as Prompt
 from .layouts import build_prompt
 from .metrics import score
+from .needles import needle_positions
 from .records import Record, append_record, budget_label, label_for, read_records, record_key
 from .tasks import Sample
 
@@ -39,8 +40,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "random": {},
     # The same positions kept in every KV head of a layer (see Scorer.shared_heads).
     "judgeq-shared": {"scorer": "judgeq", "shared_heads": True},
+    "judgeq-perhead": {"scorer": "judgeq", "shared_heads": False},
     "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
+    # TOVA at prefill (kvpress's TOVAPress): last prompt query, heads averaged.
+    "tova": {},
+    # The ceiling: what the full cache's own continuation (appended question + its greedy answer)
+    # attends to most, i.e. Judge Q's training target. Analysis only (it needs the answer first).
+    "oracle": {},
+    "oracle-shared": {"scorer": "oracle", "shared_heads": True},
 }
+
+#: Last-window sizes the shared prefill captures (SnapKV/PyramidKV: 32, TOVA: 1).
+WINDOW_SIZES = (32, 1)
 
 
 #: Compressed copies decoded together in one batch (at most).
@@ -117,7 +128,9 @@ def _answer_ids(model, shared: SharedPrefill, cache, prompt: Prompt, max_new_tok
     return out[:, ids.shape[1] :]
 
 
-def _method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None):
+def _method_cache(
+    shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None, future: torch.Tensor | None
+):
     if method == "full":
         return shared.full_cache()
     options = {k: v for k, v in METHODS.get(method, {}).items() if k != "scorer"}
@@ -126,6 +139,8 @@ def _method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAda
         if adapter is None:
             raise ValueError("the judgeq method needs an adapter")
         options["adapter"] = adapter
+    elif scorer == "oracle":
+        options["future_ids"] = future
     return shared.cache(budget, scorer, **options)
 
 
@@ -195,22 +210,27 @@ def evaluate(
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
         all_queries = any(scorer_of(m) == "h2o" for m, _ in wanted)
-        shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
+        shared = SharedPrefill(model, prompt.compressed, window_size=WINDOW_SIZES, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
         full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
-        if with_hit_rate or any(m == "full" for m, _ in wanted):
-            full = _decode(model, shared, "full", None, adapter, prompt, sample)
-        critical = _critical(shared, prompt, full[0], budgets, stop, tokenizer) if with_hit_rate else {}
+        needs_oracle = with_hit_rate or any(scorer_of(m) == "oracle" for m, _ in wanted)
+        if needs_oracle or any(m == "full" for m, _ in wanted):
+            full = _decode(model, shared, "full", None, adapter, prompt, sample, None)
+        future = _future(prompt, full[0], stop, tokenizer) if needs_oracle else None
+        critical = _critical(shared, future, budgets) if with_hit_rate else {}
+        needles = needle_positions(tokenizer, sample, setting)
         answers = _decode_together(
-            model, shared, [(m, b) for m, b in wanted if m != "full"], adapter, prompt, sample
+            model, shared, [(m, b) for m, b in wanted if m != "full"], adapter, prompt, sample, future
         )
         for method, budget in wanted:
             ids, kv_bytes, cache, seconds = full if method == "full" else answers[(method, budget)]
             seconds += prefill_seconds
             _, text = decode_answer(tokenizer, ids, stop)
-            hit = None
+            hit = recall = None
             if method != "full" and budget in critical:
                 hit = hit_rate(cache.kept_indices, critical[budget])
+            if method != "full" and needles:
+                recall = needle_recall(cache.kept_indices, needles)
             record = Record(
                 task=sample.task,
                 index=sample.index,
@@ -228,24 +248,26 @@ def evaluate(
                 hit_rate=hit,
                 model=model_name,
                 adapter=adapter_label if scorer_of(method) == "judgeq" else "",
-                extra={"prefill_seconds": prefill_seconds},
+                extra={"prefill_seconds": prefill_seconds}
+                if recall is None
+                else {"prefill_seconds": prefill_seconds, "needle_recall": recall},
             )
             if output is not None:
                 append_record(output, record)
             yield record
 
 
-def _decode(model, shared, method, budget, adapter, prompt, sample):
+def _decode(model, shared, method, budget, adapter, prompt, sample, future):
     """``(answer ids, kv bytes after compression, cache, seconds)`` of one method at one budget."""
     start = time.perf_counter()
     with torch.no_grad():
-        cache = _method_cache(shared, method, budget, adapter)
+        cache = _method_cache(shared, method, budget, adapter, future)
         kv_bytes = cache.kv_bytes()
         ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)[0]
     return ids, kv_bytes, cache, time.perf_counter() - start
 
 
-def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple[str, Any], tuple]:
+def _decode_together(model, shared, jobs, adapter, prompt, sample, future) -> dict[tuple[str, Any], tuple]:
     """:func:`_decode` for many ``(method, budget)`` jobs: each compresses its own copy, then copies
     that store the same number of entries per layer decode as rows of one batch (exactly as alone;
     see :meth:`SharedPrefill.stack`). A batch's decode time is split evenly over its rows."""
@@ -253,7 +275,7 @@ def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple
     for method, budget in jobs:
         start = time.perf_counter()
         with torch.no_grad():
-            cache = _method_cache(shared, method, budget, adapter)
+            cache = _method_cache(shared, method, budget, adapter, future)
         built[(method, budget)] = (cache, cache.kv_bytes(), time.perf_counter() - start)
     out = {}
     for chunk in size_batches({job: cache for job, (cache, _, _) in built.items()}):
@@ -267,12 +289,17 @@ def _decode_together(model, shared, jobs, adapter, prompt, sample) -> dict[tuple
     return out
 
 
-def _critical(shared, prompt, full_ids, budgets, stop, tokenizer) -> dict[Any, dict[int, torch.Tensor]]:
-    """Oracle kept indices per budget: the entries the full cache's own continuation (appended
-    question, if any, plus its greedy answer) attends to most."""
+def _future(prompt: Prompt, full_ids: torch.Tensor, stop, tokenizer) -> torch.Tensor | None:
+    """What follows the compressed prompt with the full cache: the appended question (if any) and the
+    full cache's own greedy answer -- the oracle's queries and Judge Q's training target."""
     ids, _ = decode_answer(tokenizer, full_ids, stop)
     future = torch.cat([prompt.appended[0], ids])
-    if future.numel() == 0:
+    return future if future.numel() else None
+
+
+def _critical(shared, future: torch.Tensor | None, budgets) -> dict[Any, dict[int, torch.Tensor]]:
+    """Oracle kept indices per budget: the entries ``future`` attends to most."""
+    if future is None:
         return {}
     out = {}
     for budget in budgets:

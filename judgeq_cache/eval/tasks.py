@@ -68,10 +68,11 @@ class Sample:
 class _Builder:
     """Fills a context to ``length`` tokens with corpus paragraphs and inserts needles at depths."""
 
-    def __init__(self, tokenizer, corpus: str, rng: random.Random):
+    def __init__(self, tokenizer, corpus: str, rng: random.Random, depth: float | None = None):
         self.tokenizer = tokenizer
         self.paragraphs = corpus_paragraphs(corpus)
         self.rng = rng
+        self.depth = depth
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -103,6 +104,8 @@ class _Builder:
         paras = self.haystack(max(1, length - needle_tokens))
         if depths is None:
             depths = sorted(self.rng.uniform(0.05, 0.95) for _ in needles)
+            if self.depth is not None:  # the first needle at a chosen depth, the others random
+                depths = [self.depth, *depths[1:]]
         slots = [min(len(paras), round(d * len(paras))) for d in depths]
         for slot, needle in sorted(zip(slots, needles), key=lambda p: -p[0]):
             paras.insert(slot, needle)
@@ -306,6 +309,7 @@ def make_samples(
     seed: int = 0,
     corpus: str = "moby_dick",
     start: int = 0,
+    depths: list[float] | None = None,
 ) -> list[Sample]:
     """``num_samples`` deterministic samples of ``task`` with contexts of about ``length`` tokens.
 
@@ -322,6 +326,9 @@ def make_samples(
         Haystack text: ``"moby_dick"`` or ``"brown"``.
     start : int
         Index of the first sample.
+    depths : list of float, optional
+        Relative depth (0 = start, 1 = end of the context) of each sample's first needle, cycled
+        over the samples (default: random in 5-95 %).
     """
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(SYNTHETIC_TASKS)}")
@@ -330,6 +337,7 @@ def make_samples(
     samples = []
     for index in range(start, start + num_samples):
         rng = random.Random(f"{task}:{seed}:{index}:{length}:{corpus}")
-        fields = SYNTHETIC_TASKS[task](_Builder(tokenizer, corpus, rng), rng, length)
+        depth = None if not depths else depths[(index - start) % len(depths)]
+        fields = SYNTHETIC_TASKS[task](_Builder(tokenizer, corpus, rng, depth), rng, length)
         samples.append(Sample(task=task, index=index, **fields))
     return samples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attention import AttentionScorer, H2OScorer, OracleScorer, SnapKVScorer
+from .attention import AttentionScorer, H2OScorer, OracleScorer, SnapKVScorer, TOVAScorer
 from .base import LayerInputs, QuerySource, Scorer
 from .judgeq import JudgeQScorer
 from .positional import RandomScorer, StreamingLLMScorer
@@ -15,6 +15,7 @@ SCORERS: dict[str, type[Scorer]] = {
     for cls in (
         JudgeQScorer,
         SnapKVScorer,
+        TOVAScorer,
         StreamingLLMScorer,
         H2OScorer,
         PyramidKVScorer,
@@ -50,5 +51,6 @@ __all__ = [
     "Scorer",
     "SnapKVScorer",
     "StreamingLLMScorer",
+    "TOVAScorer",
     "make_scorer",
 ]

@@ -38,6 +38,18 @@ class SnapKVScorer(AttentionScorer):
 
 
 @dataclass(kw_only=True)
+class TOVAScorer(AttentionScorer):
+    """TOVA at prefill, as kvpress's ``TOVAPress``: attention of the last prompt query, averaged over
+    all heads (the same positions kept in every KV head), the last token always kept."""
+
+    window_size: int = 1
+    shared_heads: bool = True
+    recent_tokens: int = 1
+    name: ClassVar[str] = "tova"
+    query_source: ClassVar[QuerySource] = "window"
+
+
+@dataclass(kw_only=True)
 class H2OScorer(AttentionScorer):
     """H2O (prefill form): attention accumulated over every prompt query, plus a recent window.
 

@@ -9,12 +9,25 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from .. import kernels
 from ..budget import Budget
 
 #: Where a scorer's queries come from.
 #: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);
 #: ``"all"``: every prompt query; ``"appended"``: extra tokens run after prefill (soft tokens, oracle).
 QuerySource = Literal["none", "window", "all", "appended"]
+
+
+def protected_mask(key_mask: torch.Tensor, sinks: int, recent: int) -> torch.Tensor | None:
+    """``[B, N]`` bool: the first ``sinks`` real tokens of each row and the last ``recent`` positions."""
+    if sinks <= 0 and recent <= 0:
+        return None
+    n = key_mask.shape[-1]
+    real_index = key_mask.long().cumsum(-1) - 1
+    protected = key_mask & (real_index < sinks)
+    if recent > 0:
+        protected[:, max(0, n - recent) :] = True
+    return protected & key_mask
 
 
 @dataclass(kw_only=True)
@@ -83,6 +96,23 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         """Importance ``[B, Hkv, N]`` of each prompt entry (higher is kept first)."""
+
+    def select(self, inputs: LayerInputs) -> torch.Tensor:
+        """Kept indices ``[B, Hkv, budget]`` (ascending): score, average the heads if
+        ``shared_heads``, protect sinks and recent tokens, pool, top-k. The one selection path, used
+        by the cache and by the training/held-out code alike."""
+        scores = self.score(inputs)
+        if self.shared_heads:
+            scores = scores.mean(dim=1, keepdim=True).expand_as(scores)
+        sinks, recent = self.protected_counts(inputs.budget)
+        return kernels.select_indices(
+            scores,
+            inputs.budget,
+            key_mask=inputs.key_mask,
+            protected=protected_mask(inputs.key_mask, sinks, recent),
+            pooling_kernel=self.pooling_kernel,
+            pooling=self.pooling,
+        )
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
         """``(sinks, recent)`` entries always kept for a layer keeping ``budget`` entries."""

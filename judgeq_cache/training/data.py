@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -15,7 +16,6 @@ from transformers import DynamicCache
 
 from ..adapter import JudgeQAdapter
 from ..cache import JudgeQCache
-from ..capture import AttentionCapture, QueryPlan
 from ..prompts import Prompt, encode_prompt
 from .config import TrainConfig, TrainingError
 
@@ -101,26 +101,17 @@ def _prefill(
     capture = None
     if window_size:
         w = min(window_size, n)
-        plan = QueryPlan(slice(n - w, None), n - w, n, mask.bool(), frozenset(cache._evictable))
-        capture = AttentionCapture(cache._attn_names, plan)
-    with torch.no_grad(), capture if capture is not None else _null():
+        capture = cache.query_capture(slice(n - w, None), n - w, n, mask.bool())
+    with torch.no_grad(), capture if capture is not None else contextlib.nullcontext():
         out = model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=_positions(mask),
             logits_to_keep=1,
             use_cache=True,
-            **{_cache_kwarg(model): cache},
+            **{cache.cache_kwarg: cache},
         )
     return cache, out.logits[:, -1].float(), (capture.scores if capture is not None else None)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The alignment loss and the held-out critical-KV hit rate (Judge Q vs SnapKV)."""
+"""The alignment loss and the held-out metrics (critical-KV hit rate and needle recall)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from torch import nn
 
 from .. import kernels
 from ..adapter import JudgeQAdapter
-from ..cache import protected_mask
-from ..hitrate import hit_rate
-from ..scorers import Scorer, make_scorer
+from ..hitrate import hit_rate, needle_recall
+from ..scorers import LayerInputs, Scorer, make_scorer
 from .config import TrainConfig
 from .data import Example, _prefill
 
 logger = logging.getLogger(__name__)
+
+#: Loss kinds: the paper's MSE, KL, their head-averaged ("-shared") forms, and "topk".
+LOSSES = ("mse", "kl", "mse-shared", "kl-shared", "topk")
+
+#: Kept fraction whose oracle set the "topk" loss aims at.
+TOPK_FRACTION = 0.1
 
 
 def alignment_loss(
@@ -31,11 +36,15 @@ def alignment_loss(
 
     ``"mse"``: mean over real prompt positions of ``(N * p - N * t) ** 2`` (probabilities are ~1/N; the
     ``N`` factor makes the loss O(1) whatever the prompt length). ``"kl"``: ``KL(t || p)`` after
-    normalising both over the real positions. The first ``ignore_first`` real tokens (attention sinks,
-    which take a large, uninformative share of both) and padding are left out.
+    normalising both over the real positions. ``"mse-shared"``/``"kl-shared"``: the same on the
+    KV heads' mean (the quantity ``shared_heads=True`` selection ranks by). ``"topk"``: ``KL(t_k || p)``
+    where ``t_k`` keeps only the target's top ``TOPK_FRACTION`` entries per head: the soft tokens put
+    their mass on what the oracle keeps at small budgets and need not model the rest. The first
+    ``ignore_first`` real tokens (attention sinks, which take a large, uninformative share of both)
+    and padding are left out.
     """
-    if kind not in ("mse", "kl"):
-        raise ValueError(f"loss must be 'mse' or 'kl', got {kind!r}")
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
     mask = attention_mask.bool().to(next(iter(pred.values())).device)
     real_index = mask.long().cumsum(-1) - 1
     valid = (mask & (real_index >= ignore_first)).float()[:, None, :]  # [B, 1, N]
@@ -44,18 +53,24 @@ def alignment_loss(
     for layer, t in target.items():
         p = pred[layer]
         t = t.to(p.device)
-        if kind == "mse":
+        if kind.endswith("-shared"):
+            p, t = p.mean(1, keepdim=True), t.mean(1, keepdim=True)
+        if kind.startswith("mse"):
             n = count[..., None]
             err = ((p - t) * n) ** 2 * valid
             losses.append((err.sum(-1) / count).mean())
-        else:
-            eps = 1e-8
-            pn = p * valid
-            tn = t * valid
-            pn = pn / pn.sum(-1, keepdim=True).clamp(min=eps)
-            tn = tn / tn.sum(-1, keepdim=True).clamp(min=eps)
-            kl = (tn * (torch.log(tn + eps) - torch.log(pn + eps))) * valid
-            losses.append(kl.sum(-1).mean())
+            continue
+        eps = 1e-8
+        tn = t * valid
+        if kind == "topk":
+            k = max(1, int(TOPK_FRACTION * float(count.max())))
+            top = tn.topk(min(k, tn.shape[-1]), dim=-1).indices
+            tn = torch.zeros_like(tn).scatter(-1, top, tn.gather(-1, top))
+        pn = p * valid
+        pn = pn / pn.sum(-1, keepdim=True).clamp(min=eps)
+        tn = tn / tn.sum(-1, keepdim=True).clamp(min=eps)
+        kl = (tn * (torch.log(tn + eps) - torch.log(pn + eps))) * valid
+        losses.append(kl.sum(-1).mean())
     return torch.stack(losses).mean()
 
 
@@ -63,25 +78,32 @@ def alignment_loss(
 
 
 def _kept(scorer: Scorer, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """What ``scorer`` keeps at ``k`` given its ``scores`` ``[1, Hkv, N]`` (its own selection path)."""
     key_mask = torch.ones(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
-    sinks, recent = scorer.protected_counts(k)
-    return kernels.select_indices(
-        scores,
-        k,
+    inputs = LayerInputs(
+        layer_idx=0,
+        keys=scores[..., None],
+        values=scores[..., None],
+        attention=scores,
         key_mask=key_mask,
-        protected=protected_mask(key_mask, sinks, recent),
-        pooling_kernel=scorer.pooling_kernel,
-        pooling=scorer.pooling,
+        budget=k,
     )
+    return scorer.select(inputs)
 
 
-def _soft_attention(model, adapter, example: Example, grad: bool) -> tuple[dict[int, torch.Tensor], Any]:
-    cache = example.cache
+def _soft_attention(model, adapter, example, grad: bool) -> tuple[dict[int, torch.Tensor], Any]:
+    """The soft tokens' attention over ``example``'s prompt (kept, re-prefilled or loaded prefill)."""
+    from ..cache import JudgeQCache
+
+    cache = example.cache if isinstance(example, Example) else None
     if cache is None:
-        device = model.get_input_embeddings().weight.device
-        cache, _, _ = _prefill(
-            model, adapter, example.input_ids.to(device), example.attention_mask.to(device)
-        )
+        if hasattr(example, "prefilled"):
+            cache = example.prefilled(model, JudgeQCache(model, adapter, budget=0.5, compress=False))
+        else:
+            device = model.get_input_embeddings().weight.device
+            cache, _, _ = _prefill(
+                model, adapter, example.input_ids.to(device), example.attention_mask.to(device)
+            )
     if cache.adapter is not adapter:
         cache.scorer.adapter = adapter
     with torch.set_grad_enabled(grad):
@@ -89,34 +111,54 @@ def _soft_attention(model, adapter, example: Example, grad: bool) -> tuple[dict[
     return pred, cache
 
 
+def baseline_scorers(
+    adapter: JudgeQAdapter, judgeq_options: dict[str, Any] | None = None
+) -> dict[str, tuple[Scorer, str]]:
+    """The selections the held-out report compares: ``name -> (scorer, which scores it ranks)``."""
+    options = {k: v for k, v in (judgeq_options or {}).items() if k != "shared_heads"}
+    return {
+        "judgeq": (make_scorer("judgeq", adapter=adapter, **(judgeq_options or {})), "soft"),
+        "judgeq-perhead": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=False), "soft"),
+        "judgeq-shared": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=True), "soft"),
+        "snapkv": (make_scorer("snapkv"), "window"),
+        "tova": (make_scorer("tova"), "last"),
+        "streamingllm": (make_scorer("streamingllm"), "window"),
+    }
+
+
 def evaluate_hit_rates(
     model: nn.Module,
     adapter: JudgeQAdapter,
-    examples: Sequence[Example],
+    examples: Sequence[Any],
     budgets: Iterable[float] = (0.1, 0.25),
     config: TrainConfig | None = None,
+    scorers: dict[str, tuple[Scorer, str]] | None = None,
 ) -> dict[str, float]:
-    """Held-out metrics: critical-KV hit rate of Judge Q and SnapKV at each kept fraction, and the loss.
+    """Held-out metrics at each kept fraction: critical-KV hit rate and (when the examples know where
+    their needles are) needle recall, for Judge Q and the baselines, plus the loss.
 
-    Both selections go through :func:`judgeq_cache.kernels.select_indices` with the pooling and
-    protected tokens their scorer uses in the cache; SnapKV's scores are the last-32-window attention
-    captured during the prefill (what ``EvictionCache(model, budget, "snapkv")`` computes). The oracle
-    is the top-k of the response attention at the same k. Rows are scored on their real tokens only.
+    Every selection runs its scorer's own :meth:`~judgeq_cache.scorers.Scorer.select` (pooling,
+    shared heads, protected tokens) on the scores it would see in the cache: the soft tokens'
+    attention (Judge Q), the last-32 window (SnapKV) or last-query attention (TOVA) captured during
+    the prefill. The oracle is the top-k of the target at the same k. Rows are scored on their real
+    tokens only.
     """
     config = config or TrainConfig()
-    judgeq = make_scorer("judgeq", adapter=adapter)
-    snapkv = make_scorer("snapkv")
+    scorers = scorers or baseline_scorers(adapter)
     rates: dict[str, list[float]] = {}
     losses = []
     for example in examples:
         if example.window is None:
             raise ValueError("held-out examples need the SnapKV window: prepare them with window_size=32")
-        pred, _ = _soft_attention(model, adapter, example, grad=False)
+        with torch.no_grad():
+            pred, _ = _soft_attention(model, adapter, example, grad=False)
         losses.append(
             float(
                 alignment_loss(pred, example.target, example.attention_mask, config.loss, config.ignore_first)
             )
         )
+        sources = {"soft": pred, "window": example.window, "last": getattr(example, "last", None)}
+        needles = getattr(example, "needles", None)
         for b, n in enumerate(example.lengths):
             for budget in budgets:
                 k = max(1, min(n, round(budget * n)))
@@ -124,12 +166,23 @@ def evaluate_hit_rates(
                     layer: kernels.select_indices(t[b : b + 1, :, -n:].float(), k)
                     for layer, t in example.target.items()
                 }
-                for name, scorer, scores in (("judgeq", judgeq, pred), ("snapkv", snapkv, example.window)):
+                for name, (scorer, source) in scorers.items():
+                    scores = sources[source]
+                    if scores is None:
+                        continue
                     kept = {
                         layer: _kept(scorer, scores[layer][b : b + 1, :, -n:].float(), k)
                         for layer in critical
                     }
                     rates.setdefault(f"hit_rate/{name}@{budget:.0%}", []).append(hit_rate(kept, critical))
+                    if needles:
+                        rates.setdefault(f"needle_recall/{name}@{budget:.0%}", []).append(
+                            needle_recall(kept, needles)
+                        )
+                if needles:
+                    rates.setdefault(f"needle_recall/oracle@{budget:.0%}", []).append(
+                        needle_recall(critical, needles)
+                    )
     out = {key: sum(v) / len(v) for key, v in rates.items()}
     out["heldout_loss"] = sum(losses) / len(losses)
     out["heldout_prompts"] = sum(len(e.ids) for e in examples)

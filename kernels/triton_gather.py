@@ -17,6 +17,16 @@ __all__ = ["gather_kv"]
 
 
 @triton.jit
+def _copy_rows(in_head, out_head, src, slots, slot_ok, stride_n, stride_d, dim, D_PAD: tl.constexpr):
+    """Rows ``src`` of one head of ``in`` (``in_head`` points at its start) -> rows ``slots`` of that
+    head's contiguous ``[num_keep, dim]`` block of the output (``out_head``)."""
+    d = tl.arange(0, D_PAD)
+    ok = slot_ok[:, None] & (d[None, :] < dim)
+    rows = tl.load(in_head + src[:, None] * stride_n + d[None, :] * stride_d, mask=ok)
+    tl.store(out_head + slots[:, None].to(tl.int64) * dim + d[None, :], rows, mask=ok)
+
+
+@triton.jit
 def _gather_kernel(
     k_ptr,
     v_ptr,
@@ -43,27 +53,20 @@ def _gather_kernel(
     DV_PAD: tl.constexpr,
 ):
     pid_bh = tl.program_id(0).to(tl.int64)
-    pid_k = tl.program_id(1)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
-    slots = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    slots = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     slot_ok = slots < num_keep
     src = tl.load(idx_ptr + b * stride_ib + h * stride_ih + slots * stride_ik, mask=slot_ok, other=0)
     src = src.to(tl.int64)
-
-    dk = tl.arange(0, DK_PAD)
-    ok_k = slot_ok[:, None] & (dk[None, :] < k_dim)
-    kv = tl.load(
-        k_ptr + b * stride_kb + h * stride_kh + src[:, None] * stride_kn + dk[None, :] * stride_kd, mask=ok_k
+    k_head = k_ptr + b * stride_kb + h * stride_kh
+    v_head = v_ptr + b * stride_vb + h * stride_vh
+    _copy_rows(
+        k_head, ko_ptr + pid_bh * num_keep * k_dim, src, slots, slot_ok, stride_kn, stride_kd, k_dim, DK_PAD
     )
-    tl.store(ko_ptr + (pid_bh * num_keep + slots[:, None]) * k_dim + dk[None, :], kv, mask=ok_k)
-
-    dv = tl.arange(0, DV_PAD)
-    ok_v = slot_ok[:, None] & (dv[None, :] < v_dim)
-    vv = tl.load(
-        v_ptr + b * stride_vb + h * stride_vh + src[:, None] * stride_vn + dv[None, :] * stride_vd, mask=ok_v
+    _copy_rows(
+        v_head, vo_ptr + pid_bh * num_keep * v_dim, src, slots, slot_ok, stride_vn, stride_vd, v_dim, DV_PAD
     )
-    tl.store(vo_ptr + (pid_bh * num_keep + slots[:, None]) * v_dim + dv[None, :], vv, mask=ok_v)
 
 
 def gather_kv(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ class JudgeQAdapterConfig:
         Number of rows (the paper uses 32).
     init : str
         How the rows were initialised (see :meth:`JudgeQAdapter.init_for`).
+    model_signature : dict
+        What identifies the base model whatever its path: architecture, sizes and the norms of a few
+        embedding rows (see :func:`model_signature`). Empty in adapters saved before it existed.
     """
 
     base_model: str
@@ -45,6 +50,7 @@ class JudgeQAdapterConfig:
     library_version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    model_signature: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +60,20 @@ class JudgeQAdapterConfig:
         """Validate ``data`` (parsed ``adapter_config.json``) and build a config; unknown keys are ignored."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if "peft_type" in data and "adapter_type" not in data:
+            raise ValueError(
+                f"{source}: this is a PEFT adapter config (peft_type={data['peft_type']!r}), not a Judge Q adapter; "
+                "load it with peft (PeftModel.from_pretrained), or pass a directory written by "
+                "JudgeQAdapter.save_pretrained"
+            )
+        version = data.get("format_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"{source}: format_version must be a positive integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: format_version {version} is newer than this judgeq-cache reads (up to "
+                f"{FORMAT_VERSION}); upgrade it: pip install -U judgeq-cache"
+            )
         kind = data.get("adapter_type", ADAPTER_TYPE)
         if kind != ADAPTER_TYPE:
             hint = ""
@@ -73,7 +93,7 @@ class JudgeQAdapterConfig:
         dtype = data.get("dtype", "float32")
         if dtype not in _DTYPES:
             raise ValueError(f"{source}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        for key in ("training", "metrics"):
+        for key in ("training", "metrics", "model_signature"):
             if key in data and not isinstance(data[key], dict):
                 raise ValueError(f"{source}: {key} must be a JSON object, got {type(data[key]).__name__}")
         names = {f.name for f in fields(cls)}
@@ -99,6 +119,58 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def _text_config(model: nn.Module):
     config = model.config
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+#: Models already warned about, per adapter ``id`` (so the mismatch warning is logged once, not for
+#: every cache built with the pair).
+_WARNED: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
+
+#: Config entries compared by :func:`signature_differences` (besides the embedding norms).
+_SIGNATURE_SIZES = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+#: Embedding rows whose norms fingerprint the weights (spread over the vocabulary).
+_SIGNATURE_ROWS = 8
+#: Relative tolerance of the norm comparison (the same weights in fp32, bf16 or fp16 agree well within it).
+_SIGNATURE_RTOL = 1e-2
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """What identifies ``model`` whatever its path: ``config.model_type``, its sizes, and the norms of
+    :data:`_SIGNATURE_ROWS` embedding rows spread over the vocabulary (a fingerprint of the weights
+    that survives dtype casts and conversions of the same checkpoint)."""
+    config = _text_config(model)
+    signature: dict[str, Any] = {k: getattr(config, k, None) for k in _SIGNATURE_SIZES}
+    weight = model.get_input_embeddings().weight
+    vocab = weight.shape[0]
+    rows = sorted({round(i * (vocab - 1) / (_SIGNATURE_ROWS - 1)) for i in range(_SIGNATURE_ROWS)})
+    with torch.no_grad():
+        norms = weight[torch.tensor(rows, device=weight.device)].float().norm(dim=-1).cpu().tolist()
+    signature["embedding_rows"] = rows
+    signature["embedding_norms"] = [float(f"{n:.6g}") for n in norms]
+    return signature
+
+
+def signature_differences(expected: dict[str, Any], model: nn.Module) -> list[str]:
+    """How ``model`` differs from the model an adapter recorded in ``expected`` (empty = the same)."""
+    actual = model_signature(model)
+    diffs = [
+        f"{key} {expected[key]!r} vs {actual[key]!r}"
+        for key in _SIGNATURE_SIZES
+        if expected.get(key) is not None and actual.get(key) is not None and expected[key] != actual[key]
+    ]
+    rows, norms = expected.get("embedding_rows"), expected.get("embedding_norms")
+    comparable = not diffs and rows and norms and rows == actual["embedding_rows"]
+    if comparable and any(
+        not math.isclose(a, b, rel_tol=_SIGNATURE_RTOL) for a, b in zip(norms, actual["embedding_norms"])
+    ):
+        diffs.append("embedding weights (fingerprint of a few rows)")
+    return diffs
 
 
 class JudgeQAdapter(nn.Module):
@@ -167,11 +239,18 @@ class JudgeQAdapter(nn.Module):
             num_soft_tokens=num_soft_tokens,
             init=init,
             library_version=__version__,
+            model_signature=model_signature(model),
         )
         return cls(rows, config)
 
     def check_compatible(self, model: nn.Module) -> None:
-        """Raise if the rows cannot feed ``model``; warn if they were trained on another model."""
+        """Raise if the rows cannot feed ``model`` (width, NaN/Inf); warn (once per model) if they were
+        trained on another model.
+
+        "Another model" is judged by what matters, not by the path it was loaded from: the
+        architecture, the sizes and a fingerprint of the embedding weights recorded in
+        ``config.model_signature`` (adapters saved without one compare ``model_type`` only).
+        """
         hidden = model.get_input_embeddings().weight.shape[1]
         if self.hidden_size != hidden:
             raise ValueError(
@@ -179,13 +258,23 @@ class JudgeQAdapter(nn.Module):
                 f"this adapter was made for {self.config.base_model or 'another model'!r}; load or train an adapter "
                 "for this model (JudgeQAdapter.init_for(model) / `judgeq train`)"
             )
-        name = getattr(_text_config(model), "_name_or_path", "") or ""
-        base = self.config.base_model
-        if base and name and _short(base) != _short(name):
+        if not torch.isfinite(self.rows.detach()).all():
+            raise ValueError(
+                "adapter rows contain NaN or Inf values (diverged training?): they cannot score a prompt; "
+                "reload a saved adapter or retrain with a lower learning rate"
+            )
+        expected = self.config.model_signature or {"model_type": self.config.model_type}
+        diffs = signature_differences(expected, model)
+        warned = _WARNED.setdefault(model, set())
+        if diffs and id(self) not in warned:
+            warned.add(id(self))
+            name = getattr(_text_config(model), "_name_or_path", "") or type(model).__name__
             logger.warning(
-                "JudgeQ adapter was trained on %r but is used with %r; eviction quality may suffer",
-                base,
+                "JudgeQ adapter was trained on %r but is used with %r, which differs in %s; eviction quality "
+                "may suffer (train an adapter for this model: `judgeq train`)",
+                self.config.base_model or "another model",
                 name,
+                ", ".join(diffs),
             )
 
     def embeds_for(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -295,17 +384,24 @@ class JudgeQAdapter(nn.Module):
 
         from huggingface_hub import HfApi
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
+            self.save_pretrained(tmp)  # validates the rows before anything touches the network
             for name, path in (extra_files or {}).items():
                 shutil.copyfile(path, Path(tmp) / name)
             images = [n for n in (extra_files or {}) if n.endswith(".png")]
             (Path(tmp) / "README.md").write_text(model_card(self, repo_id=repo_id, images=images))
-            info = api.upload_folder(
-                repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
-            )
+            try:
+                api = HfApi(token=token)
+                api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+                info = api.upload_folder(
+                    repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
+                )
+            except Exception as err:  # network, authentication and HTTP errors
+                raise OSError(
+                    f"could not push the Judge Q adapter to the Hub repo {repo_id!r} ({type(err).__name__}: {err}); "
+                    "check the network, your token (huggingface-cli login) and write access to the repo, "
+                    "or save it locally with save_pretrained(dir)"
+                ) from err
         return str(getattr(info, "commit_url", info))
 
 

@@ -27,6 +27,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from .adapter import JudgeQAdapter
 from .cache import EvictionCache, JudgeQCache
+from .cliargs import fraction, int_list, positive_int
 from .utils import cache_kwarg, kv_bytes
 
 logger = logging.getLogger(__name__)
@@ -179,12 +180,14 @@ def markdown(rows: list[OverheadRow], kept: float) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lengths", default="1024,2048,4096", help="prompt lengths in tokens")
     parser.add_argument(
-        "--kept", type=float, default=0.1, help="kept fraction for the decode and memory columns"
+        "--lengths", type=int_list(1), default="1024,2048,4096", help="prompt lengths in tokens"
     )
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument(
+        "--kept", type=fraction, default=0.1, help="kept fraction in (0, 1) for the decode and memory columns"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per kind (median)")
+    parser.add_argument("--decode-steps", type=positive_int, default=32, help="decode steps timed per run")
     parser.add_argument("--adapter", default=DEFAULT_ADAPTER)
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh subprocesses")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -192,7 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = args.lengths
     if args.rss_probe:
         _rss_probe(args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter)
         return 0

@@ -11,7 +11,15 @@ import argparse
 import logging
 import time
 
-from .eval.records import Record, parse_budget
+from .cliargs import (
+    adapter_source,
+    at_least,
+    budget_list,
+    matplotlib_available,
+    non_negative_int,
+    positive_int,
+)
+from .eval.records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +116,26 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="side-by-side needle demo on the embedded model", description=__doc__
     )
-    p.add_argument("--samples", type=int, default=3, help="needle prompts")
-    p.add_argument("--length", type=int, default=2048, help="context tokens")
-    p.add_argument("--budgets", default="0.25,0.1", help="kept fractions")
-    p.add_argument("--plot", default="judgeq_demo.png", help="where to write the accuracy plot ('' = none)")
-    p.add_argument("--adapter", default=None, help="adapter dir or Hub id (default: the bundled one)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--samples", type=positive_int, default=3, help="needle prompts")
+    p.add_argument("--length", type=at_least(16), default=2048, help="context tokens")
+    p.add_argument(
+        "--budgets",
+        type=budget_list,
+        default="0.25,0.1",
+        help="kept fractions in (0, 1) (0.25 or 25%%) and/or entries per head (256)",
+    )
+    p.add_argument(
+        "--plot",
+        default="judgeq_demo.png",
+        help="where to write the accuracy plot ('' = none; needs matplotlib)",
+    )
+    p.add_argument(
+        "--adapter",
+        type=adapter_source,
+        default=None,
+        help="adapter dir or Hub id (default: the bundled one)",
+    )
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = default)")
     p.set_defaults(func=_main)
 
 
@@ -124,6 +146,13 @@ def _main(args: argparse.Namespace) -> int:
     from .models import load_model
 
     start = time.perf_counter()
+    plot = args.plot
+    if plot and not matplotlib_available():
+        logger.warning(
+            "matplotlib is not installed: the demo runs without its plot "
+            "(pip install matplotlib, or pip install 'judgeq-cache[eval]'; --plot '' silences this)"
+        )
+        plot = ""
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
@@ -133,7 +162,7 @@ def _main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model("embedded")
     adapter, label = load_adapter(model, args.adapter)
     print(f"Judge Q adapter: {label}", flush=True)
-    budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
+    budgets = args.budgets
     print(
         f"Running {args.samples} needle prompts of {args.length} tokens: {', '.join(METHODS)} ...", flush=True
     )
@@ -153,11 +182,11 @@ def _main(args: argparse.Namespace) -> int:
     print(
         f"(seconds include the prompt's shared prefill; references: {', '.join(records[0].references)} ...)"
     )
-    if args.plot:
+    if plot:
         from .eval.plots import plot_accuracy
 
         print(
-            f"\nplot: {plot_accuracy(records, args.plot, title='judgeq demo: needle at 2k tokens', exclude_failing=False)}"
+            f"\nplot: {plot_accuracy(records, plot, title='judgeq demo: needle at 2k tokens', exclude_failing=False)}"
         )
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0

@@ -11,6 +11,12 @@ def _query_length(query: int | torch.Tensor) -> int:
     return query if isinstance(query, int) else int(query.shape[0])
 
 
+def _tokens_to_remove(logical: int, length: int) -> int:
+    """Tokens a ``crop(length)`` removes from a layer that has seen ``logical`` tokens."""
+    target = logical + length if length <= 0 else min(length, logical)
+    return max(0, logical - target)
+
+
 class EvictableLayer(DynamicLayer):
     """A full-attention cache layer whose prompt entries can be pruned in place.
 
@@ -21,6 +27,10 @@ class EvictableLayer(DynamicLayer):
     - the *stored* length (``keys.shape[-2]``), reported to the mask code through
       :meth:`get_mask_sizes` as ``(stored + query_length, logical - stored)``: stored entries map to
       the last logical positions, so every kept entry lies in the past of the next query.
+
+    Rows of a batch may keep different numbers of entries (a kept fraction of each row's own length):
+    they are stored with a common width, and :attr:`visible` marks the leading filler slots of the
+    rows that keep fewer. The cache masks those slots out of every attention call of this layer.
     """
 
     def __init__(self, reserve: int = 0, **kwargs) -> None:
@@ -31,6 +41,8 @@ class EvictableLayer(DynamicLayer):
         #: prompt + appended tokens without copying the prompt's KV (see :meth:`peek`).
         self.reserve = reserve
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: ``[B, compressed_length]`` bool, ``False`` on filler slots (None: every slot is a kept entry).
+        self.visible: torch.Tensor | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.reserve and self.stored_length == 0:
@@ -68,33 +80,94 @@ class EvictableLayer(DynamicLayer):
     def get_mask_sizes(self, query: int | torch.Tensor, *args, **kwargs) -> tuple[int, int]:
         return self.stored_length + _query_length(query), self.num_evicted
 
-    def keep(self, indices: torch.Tensor, compact) -> None:
-        """Keep only ``indices`` ``[B, H, k]`` (ascending) of the stored entries; free the rest."""
+    def keep(self, indices: torch.Tensor, compact, visible: torch.Tensor | None = None) -> None:
+        """Keep only ``indices`` ``[B, H, k]`` (ascending) of the stored entries; free the rest.
+
+        ``visible`` ``[B, k]`` (bool) marks filler slots (``False``) of rows that keep fewer than ``k``.
+        """
         before = self.stored_length
         self.keys, self.values = compact(self.keys, self.values, indices)
         self._buffers = None
         self.num_evicted += before - self.stored_length
         self.compressed_length = self.stored_length
+        self.visible = None if visible is None or bool(visible.all()) else visible.to(self.keys.device)
+
+    def truncate(self, length: int) -> None:
+        """Drop every stored entry after the first ``length`` (tokens that followed the prompt)."""
+        self.keys = self.keys[..., :length, :]
+        self.values = self.values[..., :length, :]
+
+    def visibility(self, num_keys: int, query_length: int) -> torch.Tensor | None:
+        """``[B, num_keys]`` bool over the key columns of an attention call whose ``query_length`` new
+        tokens are not stored yet, ``False`` on filler slots; None when there are none.
+
+        Columns are ``[kept slots | entries added after compression | new tokens]``, right-aligned.
+        """
+        if self.visible is None:
+            return None
+        rows = self.visible.shape[0]
+        after = self.stored_length - self.compressed_length + query_length
+        full = torch.cat([self.visible, self.visible.new_ones((rows, after))], dim=-1)
+        if num_keys > full.shape[-1]:
+            full = torch.cat([full.new_ones((rows, num_keys - full.shape[-1])), full], dim=-1)
+        return full[:, full.shape[-1] - num_keys :]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.visible is not None:
+            self.visible = self.visible.index_select(0, beam_idx.to(self.visible.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.visible is not None:
+            self.visible = self.visible.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.visible is not None:
+            self.visible = self.visible[indices]
 
     def crop(self, length: int) -> None:
-        """Drop newest entries: ``length < 0`` removes ``-length`` tokens (transformers >=5.20 meaning),
-        ``length >= 0`` keeps the first ``length`` logical tokens (older meaning). Evicted prompt
-        entries cannot come back, so cropping into the compressed prompt is an error."""
-        logical = self.get_seq_length()
-        target = logical + length if length < 0 else min(length, logical)
-        remove = logical - target
-        if remove <= 0 or not self.is_initialized:
+        """Drop the newest entries.
+
+        ``length <= 0`` removes ``-length`` tokens (transformers >= 5.20 meaning; ``crop(0)`` removes
+        nothing), ``length > 0`` keeps the first ``length`` logical tokens (the older meaning). Evicted
+        prompt entries cannot come back, so cropping into the compressed prompt is an error.
+        """
+        remove = _tokens_to_remove(self.get_seq_length(), length)
+        if remove == 0 or not self.is_initialized:
             return
-        if remove > self.stored_length - self.compressed_length:
+        stored = self.stored_length
+        if remove > stored - self.compressed_length:
             raise ValueError(
-                f"cannot crop {remove} tokens: the cache was compressed and only tokens added after "
-                "compression can be removed"
+                f"cannot crop {remove} tokens: the cache was compressed and only the "
+                f"{stored - self.compressed_length} tokens added after compression can be removed (in "
+                "assisted decoding or prompt lookup this means the cache could not tell the candidates from "
+                "the prompt: the model's forward must accept logits_to_keep)"
             )
-        self.keys = self.keys[..., : self.stored_length - remove, :]
-        self.values = self.values[..., : self.stored_length - remove, :]
+        keep = stored - remove  # computed once: keys and values are cut to the same length
+        self.keys = self.keys[..., :keep, :]
+        self.values = self.values[..., :keep, :]
 
     def reset(self) -> None:
         super().reset()
         self._buffers = None
+        self.visible = None
         self.num_evicted = 0
         self.compressed_length = 0
+
+
+def stacked_visibility(layers: list[EvictableLayer]) -> torch.Tensor | None:
+    """:attr:`EvictableLayer.visible` of ``layers`` stacked along the batch (for caches merged row-wise)."""
+    if all(layer.visible is None for layer in layers):
+        return None
+    return torch.cat(
+        [
+            torch.ones(
+                layer.keys.shape[0], layer.compressed_length, dtype=torch.bool, device=layer.keys.device
+            )
+            if layer.visible is None
+            else layer.visible
+            for layer in layers
+        ]
+    )

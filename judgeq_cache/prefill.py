@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .cache import EvictionCache, _Prefill
+from .layers import EvictableLayer, stacked_visibility
 from .scorers import Scorer, make_scorer
 
 
@@ -132,6 +133,8 @@ class SharedPrefill:
         for i, layer in enumerate(merged.layers):
             layer.keys = torch.cat([c.layers[i].keys for c in caches])
             layer.values = torch.cat([c.layers[i].values for c in caches])
+            if isinstance(layer, EvictableLayer):  # filler slots of rows keeping fewer entries
+                layer.visible = stacked_visibility([c.layers[i] for c in caches])
         prefill = self._base._prefill
         rows = len(caches)
         positions = None if prefill.position_ids is None else prefill.position_ids.repeat(rows, 1)

@@ -242,3 +242,105 @@ def test_bundled_adapter_loads_for_embedded_model():
     adapter = JudgeQAdapter.from_pretrained(path, model=model)
     assert adapter.rows.shape == (32, 576)
     assert adapter.config.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_real_peft_prompt_tuning_config_is_named_as_such(tmp_path):
+    """What peft's PromptTuningConfig(...).save_pretrained writes (peft 0.13), with its weights file."""
+    from safetensors.torch import save_file
+
+    peft_config = {
+        "auto_mapping": None,
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "inference_mode": True,
+        "num_attention_heads": 9,
+        "num_layers": 30,
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": 20,
+        "peft_type": "PROMPT_TUNING",
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "revision": None,
+        "task_type": "CAUSAL_LM",
+        "token_dim": 576,
+        "tokenizer_kwargs": None,
+        "tokenizer_name_or_path": None,
+    }
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(peft_config))
+    save_file({"prompt_embeddings": torch.zeros(20, 576)}, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match="PEFT adapter config .*PROMPT_TUNING.*not a Judge Q adapter.*peft"):
+        JudgeQAdapter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("version", [2, 99])
+def test_newer_format_version_is_refused(saved, version):
+    _, path = saved
+    config = json.loads((path / CONFIG_NAME).read_text())
+    config["format_version"] = version
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"format_version {version} is newer.*pip install -U judgeq-cache"):
+        JudgeQAdapter.from_pretrained(path)
+
+
+@pytest.mark.parametrize("version", ["1", 0, True])
+def test_malformed_format_version(saved, version):
+    _, path = saved
+    config = json.loads((path / CONFIG_NAME).read_text())
+    config["format_version"] = version
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format_version must be a positive integer"):
+        JudgeQAdapter.from_pretrained(path)
+
+
+def test_push_to_hub_without_network_names_the_repo(saved, monkeypatch):
+    """A closed local port stands in for an unreachable Hub: a real connection error, no mock of the API."""
+    import huggingface_hub.constants
+
+    adapter, _ = saved
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OSError, match="'me/judgeq-tiny'.*check the network") as err:
+        adapter.push_to_hub("me/judgeq-tiny", token="hf_not_a_real_token")
+    assert err.value.__cause__ is not None
+
+
+def test_same_model_from_another_path_does_not_warn_and_another_model_warns_once(tmp_path, model, caplog):
+    """The mismatch warning compares architecture, sizes and an embedding fingerprint, not the path."""
+    adapter = JudgeQAdapter.init_for(model, 4)
+    adapter.config.base_model = "org/tiny-llama"
+    model.save_pretrained(tmp_path / "local-copy")
+    from transformers import AutoModelForCausalLM
+
+    for dtype in (torch.float32, torch.bfloat16):
+        same = AutoModelForCausalLM.from_pretrained(tmp_path / "local-copy", dtype=dtype)
+        assert same.config._name_or_path != adapter.config.base_model
+        with caplog.at_level(logging.WARNING):
+            JudgeQCache(same, adapter, 8)
+        assert "JudgeQ adapter" not in caplog.text, dtype
+
+    other = make_model("llama", seed=7)  # same sizes, other weights
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            JudgeQCache(other, adapter, 8)
+    assert caplog.text.count("JudgeQ adapter was trained on 'org/tiny-llama'") == 1
+    assert "embedding weights" in caplog.text
+
+    caplog.clear()
+    deeper = make_model("llama", seed=0)
+    deeper.config.num_hidden_layers = 5
+    with caplog.at_level(logging.WARNING):
+        adapter.check_compatible(deeper)
+    assert "num_hidden_layers 3 vs 5" in caplog.text
+
+
+def test_model_signature_round_trips_and_legacy_adapters_compare_model_type(saved, model, caplog):
+    adapter, path = saved
+    loaded = JudgeQAdapter.from_pretrained(path)
+    assert loaded.config.model_signature == adapter.config.model_signature
+    assert loaded.config.model_signature["hidden_size"] == 64
+    legacy = JudgeQAdapter.from_pretrained(path)
+    legacy.config.model_signature = {}  # adapters saved before signatures existed
+    legacy.config.base_model = "org/base"
+    with caplog.at_level(logging.WARNING):
+        legacy.check_compatible(make_model("llama", seed=4))  # same type: no path comparison, no warning
+        assert "JudgeQ adapter" not in caplog.text
+        legacy.check_compatible(make_model("qwen2"))
+    assert "model_type 'llama' vs 'qwen2'" in caplog.text

@@ -7,6 +7,7 @@ import torch
 from conftest import ARCHS, cache_kwargs, make_model
 from reference import keep_masks, masked_logits, one_pass_soft_attention
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
 from judgeq_cache.layers import EvictableLayer
@@ -304,3 +305,208 @@ def test_sdpa_matches_eager_eviction(arch_name):
         kept.append(cache.kept_indices)
     for layer in kept[0]:
         assert torch.equal(kept[0][layer], kept[1][layer])
+
+
+# --------------------------------------------------------------------------- crop
+
+
+@pytest.mark.parametrize("budget", [0.5, 1000])
+def test_crop_cuts_keys_and_values_alike_and_decodes_like_dynamic_cache(budget):
+    """crop(-n) after generate: keys and values keep the same length and the next forward equals a plain
+    DynamicCache cropped the same way (with the evicted entries masked out when something was evicted)."""
+    model = make_model("llama")
+    ids = prompt(length=40)
+    cache = build_cache(model, "judgeq", budget)
+    out = model.generate(ids, max_new_tokens=8, do_sample=False, **cache_kwargs(model, cache))
+    stored = [layer.stored_length for layer in cache.layers]
+    cache.crop(-3)
+    for layer, before in zip(cache.layers, stored):
+        assert layer.keys.shape[-2] == layer.values.shape[-2] == before - 3
+    assert cache.get_seq_length() == 47 - 3
+    step = out[:, 44:45]
+    with torch.no_grad():
+        got = model(input_ids=step, **cache_kwargs(model, cache)).logits
+    keep = keep_masks(cache.kept_indices, 40)
+    steps = [{"input_ids": out[:, 40:44]}, {"input_ids": step}]  # the kept generated tokens, then the step
+    expected = masked_logits(model, {"input_ids": ids}, steps, keep)[-1]
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    if not cache.kept_indices:  # nothing evicted: exactly a DynamicCache cropped the same way
+        plain = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=out[:, :47], **cache_kwargs(model, plain))
+            plain.crop(-3)
+            torch.testing.assert_close(got, model(input_ids=step, **cache_kwargs(model, plain)).logits)
+
+
+@pytest.mark.parametrize("budget", [0.5, 1000])
+def test_crop_zero_removes_nothing(budget):
+    """transformers >= 5.20 reads crop(0) as "remove nothing" (generate calls it on some devices)."""
+    model = make_model("llama")
+    ids = prompt(length=40)
+    cache = build_cache(model, "snapkv", budget)
+    model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    cache.crop(0)
+    assert cache.get_seq_length() == 42
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+# --------------------------------------------------------------------------- assisted decoding
+
+
+def _repetitive_prompt(seed: int = 0) -> torch.Tensor:
+    """A prompt that repeats a 10-token phrase, so prompt lookup finds candidates."""
+    gen = torch.Generator().manual_seed(seed)
+    phrase = torch.randint(3, 128, (1, 10), generator=gen)
+    filler = [torch.randint(3, 128, (1, n), generator=gen) for n in (15, 5)]
+    return torch.cat([phrase, filler[0], phrase, filler[1], phrase[:, :4]], dim=1)
+
+
+def _draft_counts(monkeypatch) -> list[int]:
+    counts: list[int] = []
+    original = EvictionCache._draft_count
+
+    def spy(self, total):
+        counts.append(original(self, total))
+        return counts[-1]
+
+    monkeypatch.setattr(EvictionCache, "_draft_count", spy)
+    return counts
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gemma3"])
+@pytest.mark.parametrize("mode", ["assistant", "prompt_lookup"])
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv"])
+def test_assisted_and_prompt_lookup_decoding(arch_name, mode, scorer, monkeypatch):
+    """The prefill forward carries candidate tokens: only the prompt is compressed, candidates are
+    cropped. At a budget >= the prompt the output equals plain generate; at smaller budgets it equals
+    generating with the same cache without assistance (verification is exact, so it must not change
+    the tokens)."""
+    model = make_model(arch_name)
+    ids = _repetitive_prompt()
+    n = ids.shape[1]
+    if arch_name == "gemma3" and not hasattr(DynamicSlidingWindowLayer, "activate_past_recording"):
+        # Before transformers could roll sliding layers back, plain assisted decoding fails on them
+        # too; an evicting cache says so up front.
+        with pytest.raises(NotImplementedError, match="sliding-window layers"):
+            model.generate(
+                ids,
+                max_new_tokens=4,
+                prompt_lookup_num_tokens=3,
+                **cache_kwargs(model, build_cache(model, scorer, 0.5)),
+            )
+        return
+    if mode == "assistant":
+        assist = {"assistant_model": make_model(arch_name, seed=0)}  # same weights: drafts get accepted
+    else:
+        assist = {"prompt_lookup_num_tokens": 3}
+    counts = _draft_counts(monkeypatch)
+    plain = model.generate(ids, max_new_tokens=10, do_sample=False)
+    assert torch.equal(plain, model.generate(ids, max_new_tokens=10, do_sample=False, **assist))
+    for budget in (n, n + 10, 0.5, 12):
+        cache = build_cache(model, scorer, budget)
+        got = model.generate(ids, max_new_tokens=10, do_sample=False, **assist, **cache_kwargs(model, cache))
+        assert counts[-1] > 0, "the prefill forward carried no candidates: the test tests nothing"
+        assert cache.prompt_length == n and cache.get_seq_length() == got.shape[1] - 1
+        if isinstance(budget, int) and budget >= n:
+            assert torch.equal(got, plain), budget
+            assert not cache.kept_indices
+        else:
+            assert cache.kept_indices
+            alone = model.generate(
+                ids,
+                max_new_tokens=10,
+                do_sample=False,
+                **cache_kwargs(model, build_cache(model, scorer, budget)),
+            )
+            assert torch.equal(got, alone), budget
+
+
+def test_assisted_decoding_with_sampling_runs_and_crops():
+    model = make_model("llama")
+    ids = _repetitive_prompt()
+    torch.manual_seed(0)
+    cache = build_cache(model, "snapkv", 0.5)
+    out = model.generate(
+        ids,
+        max_new_tokens=12,
+        do_sample=True,
+        top_k=5,
+        assistant_model=make_model("llama", seed=3),
+        **cache_kwargs(model, cache),
+    )
+    assert out.shape == (1, ids.shape[1] + 12)
+    assert cache.get_seq_length() == out.shape[1] - 1
+    layer = cache.layers[0]
+    assert layer.keys.shape[-2] == layer.values.shape[-2] == layer.compressed_length + 11
+
+
+# --------------------------------------------------------------------------- per-row fractions
+
+
+def _left_padded(
+    lengths: tuple[int, ...], seed: int = 5
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, 128, (n,), generator=gen) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+    return ids, mask, rows
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen3"])
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("lengths", [(30, 22, 9), (30, 26)])
+def test_fractional_budget_applies_to_each_rows_real_length(arch_name, scorer, attn, lengths):
+    """A kept fraction in a left-padded batch: each row keeps round(fraction x its own length) and
+    answers exactly as when run alone. (30, 26) leaves no padding in the kept window, so sdpa drops its
+    mask and the filler slots must be masked from scratch.)"""
+    model = make_model(arch_name, attn=attn)
+    ids, mask, rows = _left_padded(lengths)
+    width = ids.shape[1]
+    cache = build_cache(model, scorer, 0.5)
+    batched = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, **cache_kwargs(model, cache)
+    )
+    widths = {idx.shape[-1] for idx in cache.kept_indices.values()}
+    assert widths == {round(0.5 * max(lengths))}
+    layer = cache.layers[0]
+    kept_per_row = layer.visible.sum(-1).tolist()
+    assert kept_per_row == [round(0.5 * n) for n in lengths]
+    for i, r in enumerate(rows):
+        alone_cache = build_cache(model, scorer, 0.5)
+        alone = model.generate(
+            input_ids=r[None], max_new_tokens=6, do_sample=False, **cache_kwargs(model, alone_cache)
+        )
+        assert torch.equal(batched[i, width:], alone[0, len(r) :]), f"row {i} differs from running it alone"
+        # the real entries a row keeps are the ones it keeps alone
+        for layer_idx, idx in cache.kept_indices.items():
+            real = idx[i, :, idx.shape[-1] - kept_per_row[i] :] - (width - len(r))
+            assert torch.equal(real, alone_cache.kept_indices[layer_idx][0])
+
+
+def test_rows_with_fillers_survive_beam_search_reordering():
+    model = make_model("llama")
+    ids, mask, rows = _left_padded((30, 14))
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        num_beams=2,
+        max_new_tokens=4,
+        do_sample=False,
+        **cache_kwargs(model, build_cache(model, "snapkv", 0.5)),
+    )
+    for i, r in enumerate(rows):
+        alone = model.generate(
+            input_ids=r[None],
+            num_beams=2,
+            max_new_tokens=4,
+            do_sample=False,
+            **cache_kwargs(model, build_cache(model, "snapkv", 0.5)),
+        )
+        assert torch.equal(out[i, 30:], alone[0, len(r) :])

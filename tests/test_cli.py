@@ -1,4 +1,5 @@
-"""The ``judgeq`` entry point and the library's side effects (imports, matplotlib backend)."""
+"""``judgeq`` command line: bad arguments are argparse errors (usage + one line, exit code 2) raised
+before any model loads; budgets mean what the help says."""
 
 from __future__ import annotations
 
@@ -7,75 +8,151 @@ import sys
 
 import pytest
 
-from judgeq_cache.cli import SUBCOMMANDS, build_parser, main
+import judgeq_cache.eval.loading as loading
+import judgeq_cache.models as models
+from judgeq_cache.cli import main
+from judgeq_cache.eval.records import parse_budget
 
 
-def _run(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+@pytest.fixture(autouse=True)
+def no_model_loading(monkeypatch):
+    """Argument errors must come before any model is loaded: loading one fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the arguments are bad")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
+    monkeypatch.setattr("judgeq_cache.bench._load", refuse)
 
 
-def test_top_level_help_imports_neither_torch_nor_transformers():
-    out = _run(
-        "import sys\n"
-        "from judgeq_cache.cli import main\n"
-        "try:\n"
-        "    main(['--help'])\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules)\n"
-        "print('HEAVY', heavy)\n"
+BAD = [
+    (["eval", "run", "--output", "o.jsonl", "--budgets", "2.0"], "--budgets", "(0, 1)"),
+    (["demo", "--budgets", "2.0"], "--budgets", "(0, 1)"),
+    (["demo", "--budgets", "1.5,0.1"], "--budgets", "(0, 1)"),
+    (["eval", "run", "--output", "o.jsonl", "--budgets", "abc"], "--budgets", "not a number"),
+    (["eval", "run", "--output", "o.jsonl", "--budgets", "0"], "--budgets", ">= 1"),
+    (["eval", "run", "--output", "o.jsonl", "--tasks", "nosuchtask"], "--tasks", "unknown task 'nosuchtask'"),
+    (["eval", "run", "--output", "o.jsonl", "--tasks", "longbench:nope"], "--tasks", "LongBench dataset"),
+    (["eval", "run", "--output", "o.jsonl", "--samples", "-1"], "--samples", ">= 1"),
+    (["eval", "run", "--output", "o.jsonl", "--model", "/nonexistent"], "--model", "does not exist"),
+    (["eval", "run", "--output", "o.jsonl", "--methods", "kvpress-tova"], "--methods", "unknown method"),
+    (["eval", "run", "--output", "o.jsonl", "--settings", "agnostic"], "--settings", "unknown setting"),
+    (["eval", "run", "--output", "o.jsonl", "--corpus", "bible"], "--corpus", "invalid choice"),
+    (["eval", "run", "--output", "o.jsonl", "--adapter", "./no/such/adapter"], "--adapter", "does not exist"),
+    (["demo", "--samples", "0"], "--samples", ">= 1"),
+    (["demo", "--length", "8"], "--length", ">= 16"),
+    (["bench", "--lengths", "0"], "--lengths", ">= 1"),
+    (["bench", "--lengths", "1024,x"], "--lengths", "expected an integer"),
+    (["bench", "--repeats", "0"], "--repeats", ">= 1"),
+    (["bench", "--kept", "2"], "--kept", "(0, 1)"),
+    (["train", "--output", "o", "--steps", "0"], "--steps", ">= 1"),
+    (["train", "--output", "o", "--dtype", "float64"], "--dtype", "invalid choice"),
+    (["train", "--output", "o", "--lr", "-1"], "--lr", "positive"),
+    (["train", "--output", "o", "--heldout", "2.5"], "--heldout", "whole count"),
+    (["train", "--output", "o", "--heldout", "-0.1"], "--heldout", "fraction in [0, 1)"),
+    (["train", "--output", "o", "--model", "./missing-model"], "--model", "does not exist"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "message"), BAD, ids=[" ".join(b[0][:2] + b[0][-2:]) for b in BAD]
+)
+def test_bad_arguments_are_argparse_errors(argv, option, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[0].startswith("usage: judgeq"), captured.err
+    assert err[-1].startswith("judgeq ") and "error: argument " + option in err[-1], err[-1]
+    assert message in err[-1]
+    assert "Traceback" not in captured.err and not captured.out
+
+
+def test_standalone_training_module_uses_the_same_checks(capsys):
+    from judgeq_cache.training import main as train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--output", "o", "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_bad_argument_from_a_real_process_exits_2_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "judgeq_cache.cli", "eval", "run", "--output", "x.jsonl", "--budgets", "2.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    for name, (_, help_line) in SUBCOMMANDS.items():
-        assert name in out and help_line.split()[0] in out
-    assert "HEAVY []" in out
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("usage:") and "argument --budgets" in lines[-1]
 
 
-def test_lazy_package_exports():
-    out = _run(
-        "import sys, judgeq_cache\n"
-        "print('torch' in sys.modules)\n"
-        "from judgeq_cache import JudgeQCache, SCORERS\n"
-        "print('torch' in sys.modules, JudgeQCache.__module__, 'snapkv' in SCORERS)\n"
+@pytest.mark.parametrize(
+    ("text", "expected"), [("256", 256), ("0.25", 0.25), ("25%", 0.25), (" 0.1 ", 0.1), (3, 3), (0.5, 0.5)]
+)
+def test_parse_budget_accepts(text, expected):
+    value = parse_budget(text)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["2.0", "1.0", "100%", "0", "-3", "0.0", "nan", "inf", "abc", "", 2.0, True])
+def test_parse_budget_rejects(text):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(text)
+
+
+def test_budget_types_reach_the_harness(monkeypatch):
+    """Integers stay entries per head, decimals stay fractions, all the way to evaluate()."""
+    import judgeq_cache.eval.runner as runner
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, samples, **kwargs):
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (None, None))
+    monkeypatch.setattr(loading, "load_samples", lambda *a, **k: [])
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    argv = ["eval", "run", "--output", "o.jsonl", "--methods", "full,snapkv", "--budgets", "256,0.25,10%"]
+    argv += ["--settings", "query-agnostic"]
+    assert main(argv) == 0
+    assert seen["budgets"] == [256, 0.25, 0.1] and [type(b) for b in seen["budgets"]] == [int, float, float]
+    assert seen["methods"] == ["full", "snapkv"] and seen["settings"] == ["query-agnostic"]
+
+
+def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, tmp_path, caplog, capsys):
+    import logging
+
+    from test_eval import tiny_model, tiny_tokenizer
+
+    import judgeq_cache.cliargs as cliargs
+    from judgeq_cache import JudgeQAdapter
+
+    model, tok = tiny_model(), tiny_tokenizer()
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
+    monkeypatch.setattr(
+        loading, "load_adapter", lambda m, path=None: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
     )
-    assert out.split() == ["False", "True", "judgeq_cache.cache", "True"]
-    import judgeq_cache
+    monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
+    import judgeq_cache.eval.plots as plots
 
-    assert set(judgeq_cache.__all__) <= set(dir(judgeq_cache))
-    with pytest.raises(AttributeError):
-        judgeq_cache.no_such_name  # noqa: B018
-
-
-def test_subcommand_help_lines_match_their_modules():
-    parser = build_parser()  # imports every subcommand module
-    sub = next(a for a in parser._actions if a.dest == "command")
-    registered = {choice.dest: choice.help for choice in sub._choices_actions}
-    assert registered == {name: help_line for name, (_, help_line) in SUBCOMMANDS.items()}
+    monkeypatch.setattr(plots, "plot_accuracy", lambda *a, **k: pytest.fail("plotted without matplotlib"))
+    plot = tmp_path / "demo.png"
+    with caplog.at_level(logging.WARNING):
+        assert main(["demo", "--samples", "1", "--length", "150", "--plot", str(plot)]) == 0
+    assert "matplotlib is not installed" in caplog.text and "pip install matplotlib" in caplog.text
+    assert not plot.exists() and "judgeq" in capsys.readouterr().out
 
 
-def test_subcommand_help_still_works(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--help"])
-    assert exit_.value.code == 0
-    assert "--num-soft-tokens" in capsys.readouterr().out
+def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys, tmp_path):
+    import judgeq_cache.cliargs as cliargs
 
-
-def test_unloaded_subcommand_keeps_its_arguments():
-    args = build_parser(["bench"]).parse_args(["-v", "demo", "--samples", "2", "-h"])
-    assert args.command == "demo" and args.args == ["--samples", "2", "-h"] and args.verbose
-
-
-def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
-    pytest.importorskip("matplotlib")
-    out = _run(
-        "import sys\n"
-        "import matplotlib\n"
-        "def forbidden(*a, **k):\n"
-        "    raise AssertionError('matplotlib.use called')\n"
-        "matplotlib.use = forbidden\n"
-        "from judgeq_cache.training.loop import plot_loss\n"
-        f"path = plot_loss([{{'step': i, 'loss': 1 / (i + 1)}} for i in range(12)], {str(tmp_path / 'l.png')!r})\n"
-        "print(path.stat().st_size > 1000, 'matplotlib.pyplot' in sys.modules)\n"
-    )
-    assert out.split() == ["True", "False"]
+    monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "report", str(tmp_path / "r.jsonl"), "--plot", str(tmp_path / "p.png")])
+    assert exit_info.value.code == 2 and "pip install matplotlib" in capsys.readouterr().err

@@ -111,3 +111,79 @@ def test_cache_used_with_another_model_instance_is_an_error(model):
     cache = EvictionCache(model, 4)
     with pytest.raises(RuntimeError, match="another model instance"):
         other(input_ids=torch.randint(3, 128, (1, 12)), **cache_kwargs(other, cache))
+
+
+def test_cache_rejected_by_another_model_that_another_cache_hooked(model):
+    """The issue's repro: m2 carries hooks (from its own cache), then gets a cache built for m."""
+    other = make_model("llama", seed=1)
+    EvictionCache(other, budget=4)  # installs the hooks on `other`
+    cache = JudgeQCache(model, JudgeQAdapter.init_for(model, 4), 20)
+    ids = torch.randint(3, 128, (1, 30))
+    with pytest.raises(RuntimeError, match="another model instance"):
+        other.generate(ids, max_new_tokens=3, **cache_kwargs(other, cache))
+    assert cache.get_seq_length() == 0  # nothing was stored
+
+
+def test_prefilled_cache_rejected_by_another_model(model):
+    cache = EvictionCache(model, 6)
+    ids = torch.randint(3, 128, (1, 20))
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, cache))
+    hooked = make_model("llama", seed=3)
+    EvictionCache(hooked, 4)
+    for other in (make_model("llama", seed=2), hooked):  # never hooked / hooked by its own cache
+        with pytest.raises(RuntimeError, match="another model instance"):
+            other(input_ids=ids[:, :1], **cache_kwargs(other, cache))
+    assert cache.get_seq_length() == 20
+
+
+@pytest.mark.parametrize("scorer", ["snapkv", "judgeq"])
+def test_chunked_prefill_that_would_evict_is_refused_up_front(model, scorer):
+    def make():
+        if scorer == "judgeq":
+            return JudgeQCache(model, JudgeQAdapter.init_for(model, 4), 0.5)
+        return EvictionCache(model, 0.5, scorer)
+
+    ids = torch.randint(3, 128, (1, 40))
+    cache = make()
+    with pytest.raises(NotImplementedError, match="prefill_chunk_size=16"):
+        model.generate(ids, max_new_tokens=3, prefill_chunk_size=16, **cache_kwargs(model, cache))
+    assert cache.get_seq_length() == 0 and not cache.is_compressed  # nothing ran
+    # One chunk holds the whole prompt: an ordinary prefill, compressed as usual.
+    one_chunk = model.generate(
+        ids, max_new_tokens=3, do_sample=False, prefill_chunk_size=64, **cache_kwargs(model, make())
+    )
+    assert torch.equal(
+        one_chunk, model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, make()))
+    )
+
+
+def test_chunked_prefill_that_keeps_everything_equals_plain_generate(model):
+    ids = torch.randint(3, 128, (1, 40))
+    cache = EvictionCache(model, 1000)
+    out = model.generate(
+        ids, max_new_tokens=4, do_sample=False, prefill_chunk_size=16, **cache_kwargs(model, cache)
+    )
+    assert torch.equal(out, model.generate(ids, max_new_tokens=4, do_sample=False))
+    assert cache.get_seq_length() == 43 and not cache.kept_indices
+
+
+def test_crop_positive_keeps_a_logical_prefix_and_refuses_evicted_entries(model):
+    cache = EvictionCache(model, 4, "streamingllm")
+    with torch.no_grad():
+        model(input_ids=torch.randint(3, 128, (1, 12)), **cache_kwargs(model, cache))
+        model(input_ids=torch.randint(3, 128, (1, 3)), **cache_kwargs(model, cache))
+    cache.crop(14)  # transformers <= 5.19 meaning: keep the first 14 logical tokens
+    layer = cache.layers[0]
+    assert cache.get_seq_length() == 14 and layer.keys.shape[-2] == layer.values.shape[-2] == 6
+    with pytest.raises(ValueError, match="only the 2 tokens added after compression"):
+        cache.crop(11)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_judgeq_cache_rejects_adapter_rows_with_nan_or_inf(model, bad):
+    adapter = JudgeQAdapter.init_for(model, 4)
+    with torch.no_grad():
+        adapter.rows[1, 3] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        JudgeQCache(model, adapter, 8)

@@ -57,6 +57,6 @@ def test_eval_cli_defaults_come_from_the_registry():
 
     parser = build_parser(["eval"])
     run = parser.parse_args(["eval", "run", "--output", "x.jsonl"])
-    assert run.methods == ",".join(default_methods())
+    assert run.methods == default_methods()
     kv = parser.parse_args(["eval", "kvpress", "--output", "x.jsonl"])
-    assert kv.presses == ",".join(default_presses())
+    assert kv.presses == default_presses()

@@ -68,3 +68,27 @@ def test_window_mismatch_is_a_clear_error():
         shared.cache(0.5, "snapkv")
     with pytest.raises(ValueError, match="all_queries=True"):
         shared.cache(0.5, "h2o")
+
+
+def test_stacked_padded_caches_with_per_row_fractions_decode_like_each_alone():
+    """Rows of a left-padded prompt keep different counts (a fraction of each real length): stacking
+    must carry their filler masks along."""
+    model = make_model("llama")
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 128, (2, 30), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :12] = 0
+    shared = SharedPrefill(model, ids, mask, window_size=8)
+    caches = [shared.cache(0.5, "snapkv", window_size=8), shared.cache(0.5, "streamingllm")]
+    assert caches[0].layers[0].visible is not None  # 15 vs 9 entries: the short row has fillers
+    together = shared.generate(shared.stack(caches), max_new_tokens=5)
+    alone = torch.cat([shared.generate(c, max_new_tokens=5) for c in caches])
+    assert torch.equal(together, alone)
+    short = ids[1:, 12:]
+    own = model.generate(
+        short,
+        max_new_tokens=5,
+        do_sample=False,
+        **cache_kwargs(model, EvictionCache(model, 0.5, "streamingllm")),
+    )
+    assert torch.equal(alone[3], own[0, 18:])

@@ -60,21 +60,29 @@ def test_eviction_invariants(case):
             **cache_kwargs(model, cache),
         ).logits
 
-    budgets = cache.scorer.layer_budgets(Budget.parse(budget), length, len(cache.layers))
+    # The budget applies to each row's real length; rows are stored with the widest row's count.
+    per_row = [cache.scorer.layer_budgets(Budget.parse(budget), n, len(cache.layers)) for n in real]
     pads = torch.tensor([length - n for n in real])
     for layer_idx, layer in enumerate(cache.layers):
+        row_budgets = [min(b[layer_idx], length) for b in per_row]
+        width = max(row_budgets)
         assert layer.get_seq_length() == length + 1
-        assert layer.stored_length == min(budgets[layer_idx], length) + 1
         idx = cache.kept_indices.get(layer_idx)
         if idx is None:
-            assert budgets[layer_idx] >= length
+            assert width >= length and all(k >= n for k, n in zip(row_budgets, real))
+            assert layer.stored_length == length + 1
             continue
-        assert idx.shape == (len(real), gqa[1], budgets[layer_idx])
-        assert torch.all(idx[..., 1:] > idx[..., :-1]) and idx.min() >= 0 and idx.max() < length
-        kept_pads = (idx < pads[:, None, None]).sum(-1)
-        kept_real = idx.shape[-1] - kept_pads
-        # Padding is only kept once every real token of the row is kept.
-        assert torch.all((kept_pads == 0) | (kept_real == torch.tensor(real)[:, None]))
+        assert layer.stored_length == width + 1
+        assert idx.shape == (len(real), gqa[1], width)
+        assert idx.min() >= 0 and idx.max() < length
+        for row, k in enumerate(row_budgets):
+            kept = idx[row, :, width - k :]
+            assert torch.all(kept[..., 1:] > kept[..., :-1]), "kept entries must stay in original order"
+            assert torch.all(kept >= pads[row]), "a row keeping at most its real length never keeps padding"
+            fillers = idx[row, :, : width - k]
+            assert torch.all(fillers == kept[..., :1]), "filler slots repeat the row's first kept entry"
+            visible = torch.ones(width, dtype=torch.bool) if layer.visible is None else layer.visible[row]
+            assert visible.tolist() == [False] * (width - k) + [True] * k
 
     if cache.kept_indices:
         keep = keep_masks(cache.kept_indices, length)

@@ -10,9 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..cliargs import (
+    adapter_source,
+    at_least,
+    budget_list,
+    choice_list,
+    model_source,
+    non_negative_int,
+    plot_path,
+    positive_int,
+    task_list,
+)
+from ..data import corpus_names
 from .layouts import SETTINGS
 from .methods import PRESS_METHODS, default_methods, default_presses
-from .records import parse_budget
 from .runner import METHODS
 
 logger = logging.getLogger(__name__)
@@ -25,26 +36,42 @@ def _csv(text: str) -> list[str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tasks",
+        type=task_list,
         default="needle_single",
         help="comma list: synthetic task names, longbench:<name>, ruler:<task>",
     )
-    p.add_argument("--samples", type=int, default=20, help="samples per task")
+    p.add_argument("--samples", type=positive_int, default=20, help="samples per task")
     p.add_argument(
-        "--length", type=int, default=2048, help="context length in model tokens (synthetic tasks)"
-    )
-    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
-    p.add_argument(
-        "--budgets", default="0.5,0.25,0.1", help="kept fractions (0.25) and/or entries per head (256)"
+        "--length", type=at_least(16), default=2048, help="context length in model tokens (synthetic tasks)"
     )
     p.add_argument(
-        "--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct offline) or a Hub id/path"
+        "--settings",
+        type=choice_list(SETTINGS, "setting"),
+        default=",".join(SETTINGS),
+        help=f"comma list of {', '.join(SETTINGS)}",
+    )
+    p.add_argument(
+        "--budgets",
+        type=budget_list,
+        default="0.5,0.25,0.1",
+        help="kept fractions in (0, 1) (0.25 or 25%%) and/or entries per head (256)",
+    )
+    p.add_argument(
+        "--model",
+        type=model_source,
+        default="embedded",
+        help="'embedded' (SmolLM2-135M-Instruct offline) or a Hub id/path",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corpus", default="moby_dick", help="haystack text: moby_dick or brown")
+    p.add_argument(
+        "--corpus", choices=corpus_names(), default="moby_dick", help="haystack text: moby_dick or brown"
+    )
     p.add_argument("--data-dir", default=None, help="local LongBench/RULER JSONL files")
     p.add_argument("--output", required=True, help="JSONL file the results are appended to")
     p.add_argument("--resume", action="store_true", help="skip results already in --output")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch's default)"
+    )
 
 
 def register_cli(subparsers) -> None:
@@ -59,11 +86,13 @@ def register_cli(subparsers) -> None:
     others = [m for m in METHODS if m not in ours]
     run.add_argument(
         "--methods",
+        type=_our_methods,
         default=",".join(ours),
         help=f"comma list (full = no eviction; also {', '.join(others)}; -shared: one selection for all heads)",
     )
     run.add_argument(
         "--adapter",
+        type=adapter_source,
         default=None,
         help="Judge Q adapter dir or Hub id (default: bundled, else untrained); 'untrained' = fresh rows",
     )
@@ -76,14 +105,22 @@ def register_cli(subparsers) -> None:
     _common(kv)
     presses = default_presses()
     also = ", ".join(p for p in PRESS_METHODS if p not in presses)
-    kv.add_argument("--presses", default=",".join(presses), help=f"comma list ({also} also available)")
+    kv.add_argument(
+        "--presses",
+        type=choice_list(PRESS_METHODS, "press"),
+        default=",".join(presses),
+        help=f"comma list ({also} also available)",
+    )
     kv.set_defaults(func=_kvpress)
 
     rep = sub.add_parser("report", help="merge JSONL files into a markdown table and a plot")
     rep.add_argument("inputs", nargs="+", help="JSONL files (later files override duplicates)")
     rep.add_argument("--markdown", default=None, help="write the tables here (default: print)")
     rep.add_argument(
-        "--plot", default=None, help="PNG path (accuracy vs kept fraction, one panel per setting)"
+        "--plot",
+        type=plot_path,
+        default=None,
+        help="PNG path (accuracy vs kept fraction, one panel per setting)",
     )
     rep.add_argument("--command", default="", help="the command line that produced the inputs (recorded)")
     rep.add_argument("--title", default="Results")
@@ -102,6 +139,10 @@ def register_cli(subparsers) -> None:
     rep.set_defaults(func=_report)
 
 
+def _our_methods(text: str) -> list[str]:
+    return choice_list(METHODS, "method")(text)
+
+
 def _prepare(args):
     import torch
 
@@ -112,7 +153,7 @@ def _prepare(args):
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     samples = []
-    for spec in _csv(args.tasks):
+    for spec in args.tasks:
         samples += load_samples(
             spec,
             args.samples,
@@ -122,8 +163,7 @@ def _prepare(args):
             corpus=args.corpus,
             data_dir=args.data_dir,
         )
-    budgets = [parse_budget(b) for b in _csv(args.budgets)]
-    return model, tokenizer, samples, budgets
+    return model, tokenizer, samples, args.budgets
 
 
 def _run(args) -> int:
@@ -131,14 +171,14 @@ def _run(args) -> int:
     from .runner import evaluate
 
     model, tokenizer, samples, budgets = _prepare(args)
-    methods = _csv(args.methods)
+    methods = args.methods
     adapter, label = load_adapter(model, args.adapter) if "judgeq" in methods else (None, "")
     n = 0
     for _ in evaluate(
         model,
         tokenizer,
         samples,
-        settings=_csv(args.settings),
+        settings=args.settings,
         methods=methods,
         budgets=budgets,
         adapter=adapter,
@@ -166,8 +206,8 @@ def _kvpress(args) -> int:
         model,
         tokenizer,
         samples,
-        settings=_csv(args.settings),
-        presses=_csv(args.presses),
+        settings=args.settings,
+        presses=args.presses,
         budgets=budgets,
         output=args.output,
         resume=args.resume,

@@ -74,18 +74,42 @@ def label_for(method: str, adapter: str) -> str:
 
 
 def parse_budget(text: str | int | float) -> int | float:
-    """``"0.25"`` / ``"25%"`` -> 0.25 (kept fraction); ``"256"`` -> 256 (entries per head)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return text
-    text = str(text).strip()
-    if text.endswith("%"):
-        return float(text[:-1]) / 100
-    value = float(text)
-    if value.is_integer() and value >= 1:
-        return int(value)
-    if not 0 < value < 1:
+    """``"0.25"`` / ``"25%"`` -> 0.25 (kept fraction); ``"256"`` -> 256 (entries per head).
+
+    Integers mean entries per KV head and must be >= 1; decimals and percentages are kept fractions
+    and must lie in (0, 1) (``"2.0"`` and ``"100%"`` are errors, as ``Budget`` rejects them too).
+    """
+    if isinstance(text, bool):
         raise ValueError(f"budget {text!r}: use a kept fraction in (0, 1) or an entry count >= 1")
+    if isinstance(text, int):
+        value: int | float = text
+    elif isinstance(text, float):
+        value = text
+    else:
+        raw = str(text).strip()
+        try:
+            value = float(raw[:-1]) / 100 if raw.endswith("%") else _number(raw)
+        except ValueError:
+            raise ValueError(
+                f"budget {text!r} is not a number: use a kept fraction in (0, 1) (0.25 or 25%) "
+                "or an entry count >= 1 (256)"
+            ) from None
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"budget {text!r}: an entry count must be >= 1")
+    if isinstance(value, float) and not 0 < value < 1:
+        raise ValueError(
+            f"budget {text!r}: a decimal budget is a kept fraction and must lie in (0, 1); "
+            "write an entry count without a decimal point (e.g. 256)"
+        )
     return value
+
+
+def _number(text: str) -> int | float:
+    """``"256"`` -> 256, ``"0.25"`` -> 0.25 (``"2.0"`` stays a float)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def budget_label(budget: int | float) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 
+from ..cliargs import DTYPES, model_source, non_negative_int, positive_float, positive_int
 from ..prompts import Prompt, corpus_prompts, load_prompts
 from .config import TrainConfig, TrainingError
 from .loop import train
@@ -74,6 +75,17 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heldout(text: str) -> float:
+    """``--heldout``: a fraction in [0, 1) or a whole count >= 1."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf") or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) or a whole count, got {text!r}")
+    return value
+
+
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -86,35 +98,59 @@ def register_cli(subparsers) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="Hub id, local dir, or 'smollm2' (embedded, offline)")
-    p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    p.add_argument(
+        "--model",
+        type=model_source,
+        default="smollm2",
+        help="Hub id, local dir, or 'smollm2' (embedded, offline)",
+    )
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
     p.add_argument(
         "--data", action="append", help="JSON/JSONL file, save_to_disk dir or datasets name (repeatable)"
     )
     p.add_argument("--split", default="train")
     p.add_argument("--field", default=None, help="conversation/text field (default: auto)")
-    p.add_argument("--limit", type=int, default=None, help="read at most this many records per --data")
-    p.add_argument("--corpus-prompts", type=int, default=0, help="add N prompts over the bundled books")
-    p.add_argument("--min-tokens", type=int, default=1000, help="bundled-text excerpt length, minimum")
-    p.add_argument("--max-tokens", type=int, default=3000, help="bundled-text excerpt length, maximum")
-    p.add_argument("--heldout", type=float, default=0.15, help="held-out fraction (<1) or count (>=1)")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="read at most this many records per --data"
+    )
+    p.add_argument(
+        "--corpus-prompts", type=non_negative_int, default=0, help="add N prompts over the bundled books"
+    )
+    p.add_argument(
+        "--min-tokens", type=positive_int, default=1000, help="bundled-text excerpt length, minimum"
+    )
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=3000, help="bundled-text excerpt length, maximum"
+    )
+    p.add_argument("--heldout", type=_heldout, default=0.15, help="held-out fraction (<1) or count (>=1)")
     p.add_argument("--output", "-o", required=True, help="output adapter directory")
     p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
-    p.add_argument("--num-soft-tokens", type=int, default=32)
+    p.add_argument("--num-soft-tokens", type=positive_int, default=32)
     p.add_argument("--init", choices=["vocab", "mean"], default="vocab")
     p.add_argument("--loss", choices=["mse", "kl"], default="mse")
-    p.add_argument("--ignore-first", type=int, default=4, help="first prompt tokens left out of the loss")
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--ignore-first", type=non_negative_int, default=4, help="first prompt tokens left out of the loss"
+    )
+    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--steps", type=positive_int, default=200, help="optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sample", action="store_true", help="sample responses (default greedy)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="middle-truncate longer prompts")
+    p.add_argument(
+        "--max-prompt-tokens", type=positive_int, default=None, help="middle-truncate longer prompts"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument(
+        "--save-every", type=non_negative_int, default=50, help="steps between checkpoints (0 = end only)"
+    )
+    p.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=0,
+        help="steps between held-out evaluations (0 = start/end)",
+    )
     p.add_argument("--no-keep-prefill", action="store_true", help="re-prefill each step (saves memory)")
 
 

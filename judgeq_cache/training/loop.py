@@ -48,15 +48,14 @@ def _save_checkpoint(directory: Path, adapter, optimizer, scheduler, state: dict
 def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path | None:
     """Loss curve PNG (training loss per step, held-out loss where measured)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure draws without pyplot, so the caller's backend (e.g. a notebook's) is left alone.
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no loss plot")
         return None
     steps = [h["step"] for h in history if "loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], lw=0.8, alpha=0.5, label="train (per step)")
     if len(steps) >= 10:
         w = max(2, len(steps) // 20)
@@ -77,7 +76,6 @@ def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

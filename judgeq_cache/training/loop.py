@@ -102,6 +102,10 @@ def train(
     trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
     (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
     between runs (e.g. comparing initialisations). Returns the adapter and the final report.
+
+    Side effects: seeds torch's and Python's global RNGs with ``config.seed`` (reproducible
+    initialisation and shuffling), and builds an ``accelerate.Accelerator`` when none is passed
+    (logged; pass ``accelerator=`` to control devices and processes yourself).
     """
     config = config or TrainConfig()
     output_dir = Path(output_dir)
@@ -111,6 +115,7 @@ def train(
             from accelerate import Accelerator
 
             accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            logger.info("train(): built %s (pass accelerator= to choose)", accelerator.state.distributed_type)
         except ImportError:
             accelerator = None
     is_main = accelerator is None or accelerator.is_main_process

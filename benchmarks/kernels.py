@@ -100,8 +100,8 @@ def gpu_report(args, kernels) -> None:
     import triton.testing
 
     ref = sys.modules[kernels.__name__ + ".reference"]
-    importlib.import_module(kernels.__name__ + ".triton_scoring")
-    ts = sys.modules[kernels.__name__ + ".triton_scoring"]
+    ts = importlib.import_module(kernels.__name__ + ".triton_scoring")
+    tg = importlib.import_module(kernels.__name__ + ".triton_gather")
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     peak = args.peak_gbps or peak_bandwidth_gbps(device)
@@ -142,11 +142,11 @@ def gpu_report(args, kernels) -> None:
         keep = max(1, int(n * args.keep))
         scores = torch.rand(args.batch, args.hkv, n, device=device)
         idx = scores.topk(keep, dim=-1).indices.sort(dim=-1).values
-        gk, gv = ts.gather_kv(k, v, idx)
+        gk, gv = tg.gather_kv(k, v, idx)
         rk, rv = ref.gather_kv(k, v, idx)
         assert torch.equal(gk, rk) and torch.equal(gv, rv)
         t_ref = bench(lambda k=k, v=v, idx=idx: ref.gather_kv(k, v, idx))
-        t_tri = bench(lambda k=k, v=v, idx=idx: ts.gather_kv(k, v, idx))
+        t_tri = bench(lambda k=k, v=v, idx=idx: tg.gather_kv(k, v, idx))
         moved = 2 * (gk.numel() * gk.element_size() + gv.numel() * gv.element_size())
         gbps = moved / (t_tri * 1e-3) / 1e9
         print(

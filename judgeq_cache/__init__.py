@@ -2,14 +2,29 @@
 
 >>> cache = JudgeQCache(model, JudgeQAdapter.from_pretrained("path/or/hub-id"), budget=512)
 >>> out = model.generate(**inputs, past_key_values=cache, max_new_tokens=128)
+
+The names below are imported on first use, so ``import judgeq_cache`` (and ``judgeq --help``) does
+not import torch or transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .adapter import JudgeQAdapter, JudgeQAdapterConfig
-from .budget import Budget
-from .cache import EvictionCache, JudgeQCache
-from .scorers import SCORERS, Scorer, make_scorer
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "JudgeQAdapter": ".adapter",
+    "JudgeQAdapterConfig": ".adapter",
+    "Budget": ".budget",
+    "EvictionCache": ".cache",
+    "JudgeQCache": ".cache",
+    "SCORERS": ".scorers",
+    "Scorer": ".scorers",
+    "make_scorer": ".scorers",
+}
 
 __all__ = [
     "SCORERS",
@@ -22,3 +37,21 @@ __all__ = [
     "__version__",
     "make_scorer",
 ]
+
+if TYPE_CHECKING:
+    from .adapter import JudgeQAdapter, JudgeQAdapterConfig
+    from .budget import Budget
+    from .cache import EvictionCache, JudgeQCache
+    from .scorers import SCORERS, Scorer, make_scorer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

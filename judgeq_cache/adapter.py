@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .utils import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -303,9 +305,9 @@ class JudgeQAdapter(nn.Module):
         config = {"adapter_type": ADAPTER_TYPE, "format_version": FORMAT_VERSION, **self.config.to_dict()}
         tensors = {TENSOR_KEY: rows.to(device="cpu", dtype=dtype).contiguous()}
         metadata = {"format": "pt", "adapter_type": ADAPTER_TYPE, "base_model": self.config.base_model}
-        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata=metadata))
+        atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata=metadata))
         text = json.dumps(config, indent=2, sort_keys=False) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
+        atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
         return directory
 
     @classmethod
@@ -455,20 +457,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return f"`{json.dumps(value)}`"
     return str(value).replace("|", "\\|")
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_rows(path: Path, config: JudgeQAdapterConfig, name: str) -> torch.Tensor:

@@ -26,8 +26,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .adapter import JudgeQAdapter
-from .cache import EvictionCache, JudgeQCache, cache_kwarg_name
+from .cache import EvictionCache, JudgeQCache
 from .cliargs import fraction, int_list, positive_int
+from .utils import cache_kwarg, kv_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def make_cache(model: PreTrainedModel, kind: str, kept: float, adapter: JudgeQAd
 
 
 def _kw(model: PreTrainedModel, cache) -> dict:
-    return {cache_kwarg_name(model): cache}
+    return {cache_kwarg(model): cache}
 
 
 @torch.no_grad()
@@ -83,10 +84,6 @@ def decode_ms_per_token(model: PreTrainedModel, ids: torch.Tensor, cache, steps:
     for _ in range(steps):
         token = model(input_ids=token, **_kw(model, cache)).logits[:, -1:].argmax(-1)
     return 1e3 * (time.perf_counter() - start) / steps
-
-
-def kv_bytes(cache) -> int:
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
 
 
 def corpus_prompt(tokenizer, length: int) -> torch.Tensor:
@@ -136,9 +133,9 @@ def measure(
 
 
 def _load(adapter_path: str):
-    from .models import load_embedded_model
+    from .models import load_model
 
-    model, tokenizer = load_embedded_model()
+    model, tokenizer = load_model("embedded")
     try:
         adapter = JudgeQAdapter.from_pretrained(adapter_path)
     except (OSError, ValueError) as err:

@@ -1,7 +1,8 @@
 """The ``judgeq`` command line: ``judgeq demo | train | eval | bench``.
 
 Each subcommand lives next to the code it drives and registers itself here through a
-``register_cli(subparsers)`` function that adds its parser and sets ``func``.
+``register_cli(subparsers)`` function that adds its parser and sets ``func``. Only the module of the
+subcommand being run is imported: ``judgeq --help`` imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -10,21 +11,31 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterable, Sequence
 
-#: Modules that contribute a subcommand (imported lazily so ``judgeq --help`` stays fast).
-SUBCOMMAND_MODULES = {
-    "demo": "judgeq_cache.demo",
-    "train": "judgeq_cache.training",
-    "eval": "judgeq_cache.eval.cli",
-    "bench": "judgeq_cache.bench",
+#: Subcommand -> (the module whose ``register_cli`` adds it, the help line ``judgeq --help`` shows).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("judgeq_cache.demo", "side-by-side needle demo on the embedded model"),
+    "train": ("judgeq_cache.training", "train Judge Q soft tokens for a model"),
+    "eval": ("judgeq_cache.eval.cli", "evaluation harness: run, kvpress, report"),
+    "bench": ("judgeq_cache.bench", "scoring overhead, decode speed and KV memory vs a full cache"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``judgeq`` parser. The modules of ``commands`` (default: every subcommand) register their
+    full parsers; the other subcommands are listed by name and help line only, without importing them."""
+    loaded = set(SUBCOMMANDS if commands is None else commands)
     parser = argparse.ArgumentParser(prog="judgeq", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module_name in SUBCOMMAND_MODULES.items():
+    for name, (module_name, help_line) in SUBCOMMANDS.items():
+        if name not in loaded:
+            # prefix_chars no argument uses: every word after the name lands in args (options too).
+            stub = sub.add_parser(name, help=help_line, add_help=False, prefix_chars="\0")
+            stub.add_argument("args", nargs=argparse.REMAINDER)
+            stub.set_defaults(func=lambda args, name=name: main(["-v"] * args.verbose + [name, *args.args]))
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
@@ -35,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _unavailable(err: Exception) -> int:
     logging.getLogger("judgeq").error("this command is unavailable: %s", err)
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    args = build_parser([command] if command in SUBCOMMANDS else []).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

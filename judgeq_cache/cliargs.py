@@ -131,7 +131,7 @@ def choice_list(choices: Iterable[str], what: str = "value") -> Callable[[str], 
 def task_list(text: str) -> list[str]:
     """A ``type=`` for ``--tasks``: synthetic task names, ``longbench:<dataset>``, ``ruler:<task>``."""
     from .eval.longbench import DATASETS
-    from .eval.tasks import TASKS
+    from .eval.tasks import SYNTHETIC_TASKS
 
     items = _items(text)
     for item in items:
@@ -142,9 +142,9 @@ def task_list(text: str) -> list[str]:
             )
         if kind == "ruler" and not name:
             raise argparse.ArgumentTypeError("ruler: needs a task name, e.g. ruler:niah_single_1")
-        if kind not in ("longbench", "ruler") and item not in TASKS:
+        if kind not in ("longbench", "ruler") and item not in SYNTHETIC_TASKS:
             raise argparse.ArgumentTypeError(
-                f"unknown task {item!r}; choose from {', '.join(TASKS)}, longbench:<dataset> or ruler:<task>"
+                f"unknown task {item!r}; choose from {', '.join(SYNTHETIC_TASKS)}, longbench:<dataset> or ruler:<task>"
             )
     return items
 

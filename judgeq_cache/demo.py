@@ -142,7 +142,8 @@ def register_cli(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.loading import load_adapter, load_eval_model
+    from .eval.loading import load_adapter
+    from .models import load_model
 
     start = time.perf_counter()
     plot = args.plot
@@ -158,7 +159,7 @@ def _main(args: argparse.Namespace) -> int:
         "Loading the embedded SmolLM2-135M-Instruct (the first run converts its GGUF once, ~30 s)...",
         flush=True,
     )
-    model, tokenizer = load_eval_model("embedded")
+    model, tokenizer = load_model("embedded")
     adapter, label = load_adapter(model, args.adapter)
     print(f"Judge Q adapter: {label}", flush=True)
     budgets = args.budgets

@@ -127,7 +127,7 @@ def gather_kv(
         and not (keys.requires_grad or values.requires_grad)
         and keys.device == values.device == indices.device
     ):
-        from . import triton_scoring
+        from . import triton_gather
 
-        return triton_scoring.gather_kv(keys, values, indices)
+        return triton_gather.gather_kv(keys, values, indices)
     return reference.gather_kv(keys, values, indices)

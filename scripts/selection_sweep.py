@@ -23,8 +23,8 @@ import torch
 from judgeq_cache.kernels import select_indices
 
 from judgeq_cache import JudgeQAdapter
+from judgeq_cache.eval.layouts import SETTINGS, build_prompt
 from judgeq_cache.eval.needles import needle_positions
-from judgeq_cache.eval.prompts import SETTINGS, build_prompt
 from judgeq_cache.eval.tasks import make_samples
 from judgeq_cache.hitrate import needle_recall
 from judgeq_cache.models import load_embedded_model

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import judgeq_cache.eval.loading as loading
+import judgeq_cache.models as models
 from judgeq_cache.cli import main
 from judgeq_cache.eval.records import parse_budget
 
@@ -20,7 +21,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the arguments are bad")
 
-    monkeypatch.setattr(loading, "load_eval_model", refuse)
+    monkeypatch.setattr(models, "load_model", refuse)
     monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
     monkeypatch.setattr("judgeq_cache.bench._load", refuse)
 
@@ -35,7 +36,7 @@ BAD = [
     (["eval", "run", "--output", "o.jsonl", "--tasks", "longbench:nope"], "--tasks", "LongBench dataset"),
     (["eval", "run", "--output", "o.jsonl", "--samples", "-1"], "--samples", ">= 1"),
     (["eval", "run", "--output", "o.jsonl", "--model", "/nonexistent"], "--model", "does not exist"),
-    (["eval", "run", "--output", "o.jsonl", "--methods", "tova"], "--methods", "unknown method 'tova'"),
+    (["eval", "run", "--output", "o.jsonl", "--methods", "kvpress-tova"], "--methods", "unknown method"),
     (["eval", "run", "--output", "o.jsonl", "--settings", "agnostic"], "--settings", "unknown setting"),
     (["eval", "run", "--output", "o.jsonl", "--corpus", "bible"], "--corpus", "invalid choice"),
     (["eval", "run", "--output", "o.jsonl", "--adapter", "./no/such/adapter"], "--adapter", "does not exist"),
@@ -114,7 +115,7 @@ def test_budget_types_reach_the_harness(monkeypatch):
         seen.update(kwargs)
         return iter(())
 
-    monkeypatch.setattr(loading, "load_eval_model", lambda name="embedded", dtype=None: (None, None))
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (None, None))
     monkeypatch.setattr(loading, "load_samples", lambda *a, **k: [])
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     argv = ["eval", "run", "--output", "o.jsonl", "--methods", "full,snapkv", "--budgets", "256,0.25,10%"]
@@ -133,7 +134,7 @@ def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, t
     from judgeq_cache import JudgeQAdapter
 
     model, tok = tiny_model(), tiny_tokenizer()
-    monkeypatch.setattr(loading, "load_eval_model", lambda name="embedded", dtype=None: (model, tok))
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
     monkeypatch.setattr(
         loading, "load_adapter", lambda m, path=None: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
     )

@@ -18,9 +18,10 @@ def test_table_aligns_columns():
 
 def test_demo_cli_prints_side_by_side_table_and_writes_plot(tmp_path, monkeypatch, capsys):
     import judgeq_cache.eval.loading as loading
+    import judgeq_cache.models as models
 
     model, tok = tiny_model(), tiny_tokenizer()
-    monkeypatch.setattr(loading, "load_eval_model", lambda name="embedded", dtype=None: (model, tok))
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
     monkeypatch.setattr(
         loading, "load_adapter", lambda m, path=None: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
     )

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from judgeq_cache import JudgeQAdapter
-from judgeq_cache.eval import SETTINGS, TASKS, build_prompt, evaluate, make_samples, read_records
+from judgeq_cache.eval import SETTINGS, SYNTHETIC_TASKS, build_prompt, evaluate, make_samples, read_records
 from judgeq_cache.eval import metrics as M
 from judgeq_cache.eval.records import budget_label, parse_budget
 
@@ -72,7 +72,7 @@ def model():
 
 
 # ---------------------------------------------------------------------------- tasks and prompts
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(SYNTHETIC_TASKS))
 def test_tasks_are_deterministic_sized_and_contain_their_answers(task, tok):
     a = make_samples(task, 2, 600, tok, seed=3)
     b = make_samples(task, 2, 600, tok, seed=3)

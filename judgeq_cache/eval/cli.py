@@ -22,14 +22,11 @@ from ..cliargs import (
     task_list,
 )
 from ..data import corpus_names
-from .prompts import SETTINGS
+from .layouts import SETTINGS
+from .methods import PRESS_METHODS, default_methods, default_presses
+from .runner import METHODS
 
 logger = logging.getLogger(__name__)
-
-_OUR_METHODS = "full,judgeq,snapkv,pyramidkv,h2o,streamingllm,random"
-_PRESSES = (
-    "kvpress-snapkv,kvpress-streamingllm,kvpress-expected_attention,kvpress-tova,kvpress-knorm,kvpress-random"
-)
 
 
 def _csv(text: str) -> list[str]:
@@ -85,11 +82,13 @@ def register_cli(subparsers) -> None:
 
     run = sub.add_parser("run", help="our methods (one shared prefill per sample and setting)")
     _common(run)
+    ours = default_methods()
+    others = [m for m in METHODS if m not in ours]
     run.add_argument(
         "--methods",
         type=_our_methods,
-        default=_OUR_METHODS,
-        help="comma list (full = no eviction; also judgeq-shared, snapkv-shared: one selection for all heads)",
+        default=",".join(ours),
+        help=f"comma list (full = no eviction; also {', '.join(others)}; -shared: one selection for all heads)",
     )
     run.add_argument(
         "--adapter",
@@ -104,11 +103,13 @@ def register_cli(subparsers) -> None:
         "kvpress", help="kvpress presses on the same samples (needs kvpress, transformers<5.3)"
     )
     _common(kv)
+    presses = default_presses()
+    also = ", ".join(p for p in PRESS_METHODS if p not in presses)
     kv.add_argument(
         "--presses",
-        type=choice_list([*_csv(_PRESSES), "kvpress-kvzip"], "press"),
-        default=_PRESSES,
-        help="comma list (kvpress-kvzip also available)",
+        type=choice_list(PRESS_METHODS, "press"),
+        default=",".join(presses),
+        help=f"comma list ({also} also available)",
     )
     kv.set_defaults(func=_kvpress)
 
@@ -139,19 +140,18 @@ def register_cli(subparsers) -> None:
 
 
 def _our_methods(text: str) -> list[str]:
-    from .runner import METHODS
-
     return choice_list(METHODS, "method")(text)
 
 
 def _prepare(args):
     import torch
 
-    from .loading import load_eval_model, load_samples
+    from ..models import load_model
+    from .loading import load_samples
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_eval_model(args.model)
+    model, tokenizer = load_model(args.model)
     samples = []
     for spec in args.tasks:
         samples += load_samples(
@@ -258,8 +258,10 @@ def _report(args) -> int:
     if args.markdown:
         from pathlib import Path
 
+        from ..utils import atomic_write
+
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        atomic_write(args.markdown, text)
         logger.info("wrote %s", args.markdown)
     else:
         print(text)

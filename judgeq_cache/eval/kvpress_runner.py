@@ -39,10 +39,11 @@ from kvpress import (
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .. import utils
+from .layouts import PromptLayout, build_prompt
 from .metrics import score
-from .prompts import Prompt, build_prompt
 from .records import Record, append_record, budget_label, read_records, record_key
-from .runner import decode_answer, eos_ids, size_batches
+from .runner import decode_answer, size_batches
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
@@ -183,13 +184,6 @@ def _masked_fraction(model, n: int) -> float | None:
     return sum(len(m[0]) for m in masked if m is not None) / (len(modules) * heads * n)
 
 
-def _kv_bytes(cache: DynamicCache) -> int:
-    return sum(
-        layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-        for layer in cache.layers
-    )
-
-
 def evaluate_kvpress(
     model,
     tokenizer,
@@ -212,7 +206,7 @@ def evaluate_kvpress(
     if unknown:
         raise ValueError(f"unknown presses {unknown}; choose from {sorted(PRESSES)}")
     done = {r.key for r in read_records(output)} if resume and output is not None else set()
-    stop = eos_ids(model, tokenizer)
+    stop = utils.eos_token_ids(model, tokenizer)
     model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     jobs = [(s, setting) for s in samples for setting in settings]
     for sample, setting in tqdm(jobs, desc="kvpress", unit="prompt", disable=not progress):
@@ -250,7 +244,7 @@ class _Job:
     tokenizer: Any
     sample: Sample
     setting: str
-    prompt: Prompt
+    prompt: PromptLayout
     stop: set[int]
     model_name: str
     output: str | os.PathLike | None
@@ -302,7 +296,7 @@ def _run_batched(
         built[(press_name, budget)] = (cache, press, time.perf_counter() - start)
     for chunk in size_batches({key: cache for key, (cache, _, _) in built.items()}):
         caches = [built[key][0] for key in chunk]
-        sizes = [(_kv_bytes(c), c.get_seq_length() / n) for c in caches]
+        sizes = [(utils.kv_bytes(c), c.get_seq_length() / n) for c in caches]
         start = time.perf_counter()
         rows = greedy_decode(
             shared.model,
@@ -331,7 +325,7 @@ def _run_dedicated(job: _Job, model, press_name: str, budget) -> Record:
     press = PRESSES[press_name](_ratio(budget, n))
     start = time.perf_counter()
     cache, first = _dedicated(model, job.tokenizer, job.prompt.compressed, press)
-    kv_bytes = _kv_bytes(cache)
+    kv_bytes = utils.kv_bytes(cache)
     kept = cache.get_seq_length() / n
     masked = _masked_fraction(model, n)
     if masked is not None:

@@ -1,4 +1,5 @@
-"""Model, adapter and sample loading shared by ``judgeq eval`` and ``judgeq demo``."""
+"""Adapter and sample loading shared by ``judgeq eval`` and ``judgeq demo`` (models load with
+:func:`judgeq_cache.models.load_model`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from ..adapter import JudgeQAdapter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUNDLED_ADAPTER", "load_adapter", "load_eval_model", "load_samples"]
+__all__ = ["BUNDLED_ADAPTER", "load_adapter", "load_samples"]
 
 #: The adapter trained for the embedded model (repository checkout or installed package data).
 BUNDLED_ADAPTER = "smollm2-135m-instruct"
@@ -17,22 +18,6 @@ _ADAPTER_DIRS = (
     Path(__file__).resolve().parents[2] / "adapters",
     Path(__file__).resolve().parents[1] / "adapters",
 )
-
-
-def load_eval_model(name: str = "embedded", dtype=None):
-    """``(model, tokenizer)``: ``"embedded"`` = SmolLM2-135M-Instruct offline, else a Hub id or path."""
-    import torch
-
-    from .. import models
-
-    dtype = dtype or torch.float32
-    if name in ("embedded", "smollm2", "smollm2-135m-instruct"):
-        if not models.is_embedded_model_available():
-            logger.info(
-                "first use: converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (~30 s, once)"
-            )
-        return models.load_embedded_model(dtype=dtype)
-    return models.load_model(name, dtype=dtype)
 
 
 def _find_bundled(name: str) -> Path | None:

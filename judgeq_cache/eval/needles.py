@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..hitrate import token_positions
-from .prompts import build_prompt, chat_parts
+from .layouts import build_prompt, chat_parts
 from .tasks import Sample
 
 __all__ = ["needle_positions"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from .methods import method_order
 from .records import Record, method_label
-from .report import FULL_CACHE_FLOOR, _method_order, paired, valid_tasks
+from .report import FULL_CACHE_FLOOR, paired, valid_tasks
 
 __all__ = ["plot_accuracy"]
 
@@ -40,7 +41,7 @@ def plot_accuracy(
     ]
     fig = Figure(figsize=(5 * max(1, len(settings)), 4))
     axes = fig.subplots(1, max(1, len(settings)), sharey=True, squeeze=False)
-    methods = _method_order({method_label(r) for r in records})
+    methods = method_order({method_label(r) for r in records})
     # tab20 without its reds (red is Judge Q's)
     palette = [c for j, c in enumerate(colormaps["tab20"].colors) if j not in (6, 7)]
     for ax, setting in zip(axes[0], settings):

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from .failures import FAILURE_MODES, NEEDLE_TASKS, failure_modes
+from .methods import method_order
 from .records import Record, method_label
 from .stats import paired_difference
 
@@ -58,24 +59,6 @@ def aggregate(
         if value is not None:
             groups[(r.setting, method_label(r), r.budget)].append(float(value))
     return {k: (_mean(v), len(v)) for k, v in groups.items()}
-
-
-def _method_order(methods: Iterable[str]) -> list[str]:
-    ours = [
-        "full",
-        "judgeq",
-        "judgeq-shared",
-        "judgeq-untrained",
-        "judgeq-untrained-shared",
-        "snapkv",
-        "snapkv-shared",
-        "pyramidkv",
-        "h2o",
-        "streamingllm",
-        "random",
-    ]
-    methods = set(methods)
-    return [m for m in ours if m in methods] + sorted(m for m in methods if m not in ours)
 
 
 def paired(records: list[Record]) -> list[Record]:
@@ -243,7 +226,7 @@ def markdown_report(
     hit = aggregate(used, "hit_rate")
     settings = [s for s in ("query-aware", "query-agnostic", "question-first") if any(k[0] == s for k in acc)]
     budgets = sorted({k[2] for k in acc if k[2] != "full"}, key=budget_order)
-    methods = _method_order({k[1] for k in acc})
+    methods = method_order({k[1] for k in acc})
     if len(settings) > 1:
         rows = [
             [m]

@@ -17,9 +17,10 @@ from ..adapter import JudgeQAdapter
 from ..cache import EvictionCache
 from ..hitrate import hit_rate, needle_recall
 from ..prefill import SharedPrefill
+from .layouts import PromptLayout as Prompt
+from .layouts import build_prompt
 from .metrics import score
 from .needles import needle_positions
-from .prompts import Prompt, build_prompt
 from .records import Record, append_record, budget_label, label_for, read_records, record_key
 from .tasks import Sample
 

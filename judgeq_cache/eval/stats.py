@@ -10,7 +10,7 @@ import numpy as np
 
 from .records import Record, method_label
 
-__all__ = ["PairedDifference", "paired_difference", "parse_pairs"]
+__all__ = ["MetricAgreement", "PairedDifference", "metric_agreement", "paired_difference", "parse_pairs"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,44 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
             raise ValueError(f"--compare expects method pairs like 'judgeq:snapkv', got {item!r}")
         pairs.append((a.strip(), b.strip()))
     return pairs
+
+
+@dataclass(frozen=True)
+class MetricAgreement:
+    """How well a kept-set metric (``hit_rate``, ``needle_recall``) tells right answers from wrong ones.
+
+    Attributes
+    ----------
+    correlation : float
+        Pearson correlation of the metric with the answer score (point-biserial for 0/1 scores).
+    auc : float
+        Probability that a right answer's metric exceeds a wrong answer's (ties count half; 0.5 = no
+        information, 1 = perfect separation).
+    n : int
+        Compressed answers that have the metric.
+    """
+
+    correlation: float
+    auc: float
+    n: int
+
+
+def metric_agreement(records: Iterable[Record], field: str) -> MetricAgreement | None:
+    """:class:`MetricAgreement` of ``field`` (a record attribute or a key of ``record.extra``) over
+    the compressed answers (not the full cache) that carry it; ``None`` with fewer than two of each
+    of right and wrong answers."""
+    pairs = []
+    for r in records:
+        value = getattr(r, field, None)
+        if value is None:
+            value = (r.extra or {}).get(field)
+        if value is not None and r.budget != "full":
+            pairs.append((float(value), float(r.score)))
+    if not pairs:
+        return None
+    values, scores = np.array(pairs).T
+    right, wrong = values[scores >= 1], values[scores < 1]
+    if len(right) < 2 or len(wrong) < 2:
+        return None
+    greater = (right[:, None] > wrong[None, :]).mean() + 0.5 * (right[:, None] == wrong[None, :]).mean()
+    return MetricAgreement(float(np.corrcoef(values, scores)[0, 1]), float(greater), len(values))

@@ -20,88 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import corpus_paragraphs
+from .words import ADJECTIVES, CITIES, CODE_WORDS, NOUNS
 
-__all__ = ["TASKS", "Sample", "make_samples"]
-
-#: Words used for needle keys and code words (short, common, one or two tokens each).
-_ADJECTIVES = [
-    "amber",
-    "silent",
-    "crimson",
-    "hollow",
-    "gentle",
-    "frozen",
-    "golden",
-    "rapid",
-    "quiet",
-    "bitter",
-    "distant",
-    "ancient",
-    "brave",
-    "narrow",
-    "velvet",
-    "hidden",
-    "lucky",
-    "stormy",
-    "wooden",
-    "silver",
-]
-_NOUNS = [
-    "harbor",
-    "lantern",
-    "meadow",
-    "falcon",
-    "orchard",
-    "compass",
-    "glacier",
-    "willow",
-    "canyon",
-    "beacon",
-    "thimble",
-    "anchor",
-    "violin",
-    "pepper",
-    "castle",
-    "ribbon",
-    "tunnel",
-    "saddle",
-    "mirror",
-    "garden",
-]
-_CODE_WORDS = [
-    "pineapple",
-    "tornado",
-    "marble",
-    "kangaroo",
-    "saxophone",
-    "volcano",
-    "umbrella",
-    "lighthouse",
-    "avalanche",
-    "cinnamon",
-    "dolphin",
-    "telescope",
-    "hurricane",
-    "pyramid",
-    "sapphire",
-    "walrus",
-    "trombone",
-    "cactus",
-]
-_CITIES = [
-    "Lisbon",
-    "Nairobi",
-    "Oslo",
-    "Lima",
-    "Kyoto",
-    "Dublin",
-    "Cairo",
-    "Quito",
-    "Hanoi",
-    "Perth",
-    "Tunis",
-    "Riga",
-]
+__all__ = ["SYNTHETIC_TASKS", "Sample", "make_samples"]
 
 
 @dataclass
@@ -192,7 +113,7 @@ class _Builder:
 
 
 def _key(rng: random.Random) -> str:
-    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
 
 
 def _distinct_keys(rng: random.Random, n: int) -> list[str]:
@@ -221,9 +142,9 @@ def _magic(key: str, value: str) -> str:
 def _distractors(rng: random.Random, keys: list[str]) -> list[str]:
     """Needles with other relations than "special magic number" (the model can tell them apart)."""
     forms = [
-        lambda k: f"The secret code word of {k} is {rng.choice(_CODE_WORDS)}.",
+        lambda k: f"The secret code word of {k} is {rng.choice(CODE_WORDS)}.",
         lambda k: f"The hotel room of {k} is room {_number(rng, 3)}.",
-        lambda k: f"The home town of {k} is {rng.choice(_CITIES)}.",
+        lambda k: f"The home town of {k} is {rng.choice(CITIES)}.",
     ]
     return [forms[i % len(forms)](k) for i, k in enumerate(keys)]
 
@@ -274,7 +195,7 @@ def needle_multivalue(b: _Builder, rng: random.Random, length: int) -> dict[str,
 
 def needle_multiquery(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
     k1, k2 = _distinct_keys(rng, 2)
-    number, word = _number(rng), rng.choice(_CODE_WORDS)
+    number, word = _number(rng), rng.choice(CODE_WORDS)
     needles = [_magic(k1, number), f"The secret code word of {k2} is {word}."]
     return dict(
         context=b.with_needles(length, needles),
@@ -368,7 +289,7 @@ def common_words(b: _Builder, rng: random.Random, length: int, num_common: int =
 
 
 #: Task name -> generator ``(builder, rng, length) -> Sample fields``.
-TASKS: dict[str, Callable[..., dict[str, Any]]] = {
+SYNTHETIC_TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "needle_single": needle_single,
     "needle_multikey": needle_multikey,
     "needle_multivalue": needle_multivalue,
@@ -395,7 +316,7 @@ def make_samples(
     Parameters
     ----------
     task : str
-        A name in :data:`TASKS`.
+        A name in :data:`SYNTHETIC_TASKS`.
     num_samples, length : int
     tokenizer
         The evaluated model's tokenizer (lengths are measured in its tokens).
@@ -409,14 +330,14 @@ def make_samples(
         Relative depth (0 = start, 1 = end of the context) of each sample's first needle, cycled
         over the samples (default: random in 5-95 %).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(SYNTHETIC_TASKS)}")
     if length < 16:
         raise ValueError(f"length must be at least 16 tokens, got {length}")
     samples = []
     for index in range(start, start + num_samples):
         rng = random.Random(f"{task}:{seed}:{index}:{length}:{corpus}")
         depth = None if not depths else depths[(index - start) % len(depths)]
-        fields = TASKS[task](_Builder(tokenizer, corpus, rng, depth), rng, length)
+        fields = SYNTHETIC_TASKS[task](_Builder(tokenizer, corpus, rng, depth), rng, length)
         samples.append(Sample(task=task, index=index, **fields))
     return samples

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from ..adapter import JudgeQAdapter
 from ..cache import JudgeQCache
 from ..prompts import Prompt, encode_prompt
+from ..utils import cache_kwarg, eos_token_ids, text_config
 from .config import TrainConfig, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -76,13 +77,6 @@ class Example:
         return self.attention_mask.sum(-1).tolist()
 
 
-def _cache_kwarg(model: nn.Module) -> str:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -134,7 +128,7 @@ def _decode(
     positions = _positions(mask)[:, -1:]
     out: list[list[int]] = [[] for _ in range(bsz)]
     done = torch.zeros(bsz, dtype=torch.bool)
-    kwarg = _cache_kwarg(model)
+    kwarg = cache_kwarg(model)
     for _ in range(max_new_tokens):
         if do_sample:
             probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
@@ -228,7 +222,7 @@ def prepare_examples(
     encoded = [(pid, ids) for pid, ids in encoded if ids]
     encoded.sort(key=lambda x: len(x[1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     generator = torch.Generator().manual_seed(config.seed)
     examples: list[Example] = []
     skipped = 0
@@ -287,24 +281,8 @@ def prepare_examples(
 
 
 def _default_max_prompt(model: nn.Module, config: TrainConfig) -> int:
-    cfg = (
-        model.config.get_text_config(decoder=True)
-        if hasattr(model.config, "get_text_config")
-        else model.config
-    )
-    ctx = int(getattr(cfg, "max_position_embeddings", 8192) or 8192)
+    ctx = int(getattr(text_config(model), "max_position_embeddings", 8192) or 8192)
     return max(16, ctx - config.max_new_tokens - config.num_soft_tokens)
-
-
-def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 # --------------------------------------------------------------------------- loss

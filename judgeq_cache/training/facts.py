@@ -258,7 +258,7 @@ def fact_prompts(
     One fact is asked about (its question and reference answer form the future); the layout cycles
     through ``layouts``. Deterministic for a given ``seed``.
     """
-    from ..eval.prompts import chat_parts
+    from ..eval.layouts import chat_parts
 
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:

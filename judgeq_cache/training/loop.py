@@ -48,15 +48,14 @@ def _save_checkpoint(directory: Path, adapter, optimizer, scheduler, state: dict
 def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path | None:
     """Loss curve PNG (training loss per step, held-out loss where measured)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure draws without pyplot, so the caller's backend (e.g. a notebook's) is left alone.
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no loss plot")
         return None
     steps = [h["step"] for h in history if "loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], lw=0.8, alpha=0.5, label="train (per step)")
     if len(steps) >= 10:
         w = max(2, len(steps) // 20)
@@ -77,7 +76,6 @@ def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -104,6 +102,10 @@ def train(
     trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
     (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
     between runs (e.g. comparing initialisations). Returns the adapter and the final report.
+
+    Side effects: seeds torch's and Python's global RNGs with ``config.seed`` (reproducible
+    initialisation and shuffling), and builds an ``accelerate.Accelerator`` when none is passed
+    (logged; pass ``accelerator=`` to control devices and processes yourself).
     """
     config = config or TrainConfig()
     output_dir = Path(output_dir)
@@ -113,6 +115,7 @@ def train(
             from accelerate import Accelerator
 
             accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            logger.info("train(): built %s (pass accelerator= to choose)", accelerator.state.distributed_type)
         except ImportError:
             accelerator = None
     is_main = accelerator is None or accelerator.is_main_process

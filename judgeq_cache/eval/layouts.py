@@ -1,4 +1,4 @@
-"""Token layouts of a sample in the three evaluation settings.
+"""Token layouts of a sample in the three evaluation settings (:class:`PromptLayout`).
 
 * ``query-aware``: instruction, context, question — all compressed together.
 * ``query-agnostic``: instruction and context are prefilled and compressed alone; the question is
@@ -18,14 +18,14 @@ import torch
 
 from .tasks import Sample
 
-__all__ = ["SETTINGS", "Prompt", "build_prompt", "chat_parts"]
+__all__ = ["SETTINGS", "PromptLayout", "build_prompt", "chat_parts"]
 
 SETTINGS = ("query-aware", "query-agnostic", "question-first")
 _PLACEHOLDER = "\x00JUDGEQ_CONTENT\x00"
 
 
 @dataclass
-class Prompt:
+class PromptLayout:
     """``compressed``: ids prefilled and compressed ``[1, N]``; ``appended``: ids fed after
     compression ``[1, M]`` (empty unless query-agnostic)."""
 
@@ -53,7 +53,7 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
-def build_prompt(tokenizer, sample: Sample, setting: str) -> Prompt:
+def build_prompt(tokenizer, sample: Sample, setting: str) -> PromptLayout:
     """The token ids of ``sample`` laid out for ``setting`` (one of :data:`SETTINGS`)."""
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
@@ -69,6 +69,6 @@ def build_prompt(tokenizer, sample: Sample, setting: str) -> Prompt:
     ids = [_ids(tokenizer, p) for p in pieces]
     compressed = [t for piece in ids[:cut] for t in piece]
     appended = [t for piece in ids[cut:] for t in piece]
-    return Prompt(
+    return PromptLayout(
         torch.tensor([compressed], dtype=torch.long), torch.tensor([appended], dtype=torch.long).view(1, -1)
     )

@@ -12,16 +12,14 @@ refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks
+from . import hooks, utils
 from .adapter import JudgeQAdapter
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
@@ -114,7 +112,7 @@ class EvictionCache(PromptCompression, DynamicCache):
         self._model = model
         self._base_model = model.base_model
         self._attn_names = attention_implementations(model)
-        self._cache_kwarg = cache_kwarg_name(self._base_model)
+        self._cache_kwarg = utils.cache_kwarg(self._base_model)
         self.auto_compress = compress
         self.kept_indices: dict[int, torch.Tensor] = {}
         self.prompt_length = 0
@@ -152,12 +150,7 @@ class EvictionCache(PromptCompression, DynamicCache):
 
     def kv_bytes(self) -> int:
         """Bytes of keys and values stored right now, all layers."""
-        return sum(
-            layer.keys.numel() * layer.keys.element_size()
-            + layer.values.numel() * layer.values.element_size()
-            for layer in self.layers
-            if getattr(layer, "keys", None) is not None and layer.keys.numel()
-        )
+        return utils.kv_bytes(self)
 
     def reset(self) -> None:
         super().reset()
@@ -311,9 +304,3 @@ class JudgeQCache(EvictionCache):
     @property
     def adapter(self) -> JudgeQAdapter:
         return self.scorer.adapter
-
-
-def cache_kwarg_name(module: nn.Module) -> str:
-    """transformers 5.24 renamed the forward argument ``past_key_values`` to ``cache``."""
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"

@@ -14,7 +14,6 @@ from transformers import DynamicCache
 
 import judgeq_cache
 from judgeq_cache import Budget, EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.cache import cache_kwarg_name
 from judgeq_cache.prefill_record import Drafts, PrefillRecord
 
 #: The modules that make up the cache itself (cache.py and the modules split out of it).
@@ -63,7 +62,6 @@ def test_prefill_mask_reads_the_prefill():
 def test_cache_kwarg_names_the_forward_argument():
     model = make_model("llama")
     expected = next(iter(cache_kwargs(model, None)))
-    assert cache_kwarg_name(model) == expected
     assert EvictionCache(model, 8).cache_kwarg == expected
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks, utils
+from . import hooks, triggers, utils
 from .adapter import JudgeQAdapter
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
@@ -42,8 +42,12 @@ class EvictionCache(PromptCompression, DynamicCache):
     Assisted decoding and prompt lookup put candidate tokens into the prefill forward (``generate``
     asks for their logits, ``logits_to_keep = candidates + 1``): only the prompt before them is
     compressed, and they are run again over the compressed prompt, so their logits and entries are
-    those of a forward after compression and ``generate`` can crop the rejected ones. A chunked
-    prefill (``prefill_chunk_size``) that would evict raises ``NotImplementedError`` up front.
+    those of a forward after compression and ``generate`` can crop the rejected ones.
+
+    Bounded memory (:mod:`~judgeq_cache.triggers`): a chunked prefill (``generate(...,
+    prefill_chunk_size=N)``, or forwards inside ``with cache.chunked_prefill():``) is evicted after
+    every chunk, so the cache never stores more than budget + chunk entries per KV head; with
+    ``decode_every=N`` the cache evicts back to the budget every ``N`` tokens added after the prefill.
 
     Parameters
     ----------
@@ -59,20 +63,26 @@ class EvictionCache(PromptCompression, DynamicCache):
     compress : bool
         Compress automatically when the prefill returns (default). With ``False``, call
         :meth:`compress` yourself (or use :meth:`appended_attention` for analysis and training).
+    decode_every : int or None
+        Decode-time eviction: every ``decode_every`` tokens added after the prefill (generated tokens,
+        later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
+        it is; a fraction of each row's prompt length). Recent tokens are kept as the scorer protects
+        them. ``None`` (default): evict once, at the prefill, as the paper does.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).
 
     Attributes
     ----------
     kept_indices : dict[int, Tensor]
-        Prompt positions kept by each evicted layer, ``[B, Hkv, k]`` in original order. In a padded
+        Logical positions kept by each evicted layer at its last eviction, ``[B, Hkv, k]`` in original
+        order (prompt positions after a one-shot prefill). In a padded
         batch whose rows keep different counts, ``k`` is the largest; a row that keeps fewer repeats its
         first kept position in its leading (masked) filler slots.
     prompt_length : int
-        Tokens in the compressed prompt (0 before prefill).
+        Tokens in the compressed prompt (0 before prefill; in a chunked prefill, the chunks so far).
 
     The public surface other modules build on: :attr:`evictable_layers`, :attr:`cache_kwarg`,
-    :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`,
+    :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`, :meth:`chunked_prefill`,
     :meth:`load_prefill`, :meth:`fork`, :meth:`skip_compression`, :meth:`stack`,
     :meth:`appended_attention`, :meth:`compress`. The ``on_*`` methods are the hook protocol
     (:mod:`judgeq_cache.hooks`), called by the model's hooks, not by users.
@@ -85,6 +95,7 @@ class EvictionCache(PromptCompression, DynamicCache):
         scorer: str | Scorer = "snapkv",
         *,
         compress: bool = True,
+        decode_every: int | None = None,
         **scorer_options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -124,6 +135,12 @@ class EvictionCache(PromptCompression, DynamicCache):
         self._drafts: Drafts | None = None
         self._logits_to_keep: Any = None
         self._forward_depth = 0
+        self._chunks: triggers.ChunkedPrefill | None = None
+        self._manual_chunks = False
+        self._decode = None if decode_every is None else triggers.DecodeSchedule(decode_every)
+        self._decode_scores = triggers.QueryScores()
+        self._decode_budgets: list[list[int]] | None = None
+        self._step: PrefillRecord | None = None
         hooks.install(model, self._base_model)
 
     # ------------------------------------------------------------------ cache API
@@ -159,6 +176,22 @@ class EvictionCache(PromptCompression, DynamicCache):
         self._prefill = None
         self._drafts = None
         self._compressed = False
+        self._chunks = None
+        self._decode_budgets = None
+        self._decode_scores.clear()
+        if self._decode is not None:
+            self._decode.since = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        for layer_idx, kept in self.kept_indices.items():
+            self.kept_indices[layer_idx] = kept.index_select(0, beam_idx.to(kept.device))
+        self._decode_scores.reorder(beam_idx)
+
+    @property
+    def decode_every(self) -> int | None:
+        """Tokens between decode-time evictions (None: evict once, at the prefill)."""
+        return None if self._decode is None else self._decode.every
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -271,6 +304,8 @@ class EvictionCache(PromptCompression, DynamicCache):
     def _check_uncompressed_prefill(self, what: str) -> None:
         if self._prefill is None or self._compressed:
             raise RuntimeError(f"{what} needs a prefilled, not yet compressed cache")
+        if self._chunks is not None:
+            raise RuntimeError(f"{what} cannot run inside a chunked prefill (after a chunk was evicted)")
 
     def _layer_set(self) -> frozenset[int]:
         return frozenset(self._evictable)
@@ -290,6 +325,7 @@ class JudgeQCache(EvictionCache):
         budget: int | float | Budget,
         *,
         compress: bool = True,
+        decode_every: int | None = None,
         **scorer_options: Any,
     ) -> None:
         if not isinstance(adapter, JudgeQAdapter):
@@ -299,7 +335,7 @@ class JudgeQCache(EvictionCache):
             )
         adapter.check_compatible(model)
         scorer = JudgeQScorer(adapter=adapter, **scorer_options)
-        super().__init__(model, budget, scorer, compress=compress)
+        super().__init__(model, budget, scorer, compress=compress, decode_every=decode_every)
 
     @property
     def adapter(self) -> JudgeQAdapter:

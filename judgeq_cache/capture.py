@@ -28,21 +28,35 @@ class QueryPlan:
     ----------
     query_slice : slice
         Queries taken from the attention call (``slice(-w, None)`` for a last window).
-    causal_offset : int
-        Key position of the first selected query.
-    num_out : int
-        Key columns to score (the prompt).
-    key_mask : bool Tensor ``[B, num_keys]`` or None
-        ``False`` marks padding keys.
+    causal_offset : int or None
+        Key position of the first selected query. ``None``: the call's queries are its last keys (a
+        forward over a cache that already holds entries), so the offset follows from the key count.
+    num_out : int or None
+        Key columns to score (the prompt). ``None``: every key but the last ``exclude_tail``.
+    key_mask : bool Tensor ``[B, num_keys]``, a dict of them per layer, or None
+        ``False`` marks padding keys (and filler slots of an evicted layer).
     layers : frozenset[int]
         Layer indices to score (the evictable, full-attention ones).
+    exclude_tail : int
+        With ``num_out=None``: trailing keys not scored (the appended tokens' own keys).
     """
 
     query_slice: slice
-    causal_offset: int
-    num_out: int
-    key_mask: torch.Tensor | None
+    causal_offset: int | None
+    num_out: int | None
+    key_mask: torch.Tensor | dict[int, torch.Tensor] | None
     layers: frozenset[int]
+    exclude_tail: int = 0
+
+    def resolve(self, layer_idx: int, num_queries: int, num_keys: int) -> tuple[int, int, torch.Tensor | None]:
+        """``(causal_offset, num_out, key_mask)`` of one attention call of ``layer_idx``."""
+        offset, num_out = self.causal_offset, self.num_out
+        if offset is None:
+            offset = num_keys - num_queries + self.query_slice.indices(num_queries)[0]
+        if num_out is None:
+            num_out = num_keys - self.exclude_tail
+        key_mask = self.key_mask.get(layer_idx) if isinstance(self.key_mask, dict) else self.key_mask
+        return offset, num_out, key_mask
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -111,7 +125,8 @@ class AttentionCapture:
         if scaling is None:
             scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
         softcap = kwargs.get("softcap")
-        key_mask = None if plan.key_mask is None else plan.key_mask.to(key.device)
+        offset, num_out, key_mask = plan.resolve(module.layer_idx, query.shape[-2], key.shape[-2])
+        key_mask = None if key_mask is None else key_mask.to(key.device)
         if key_mask is not None and key_mask.shape[-1] != key.shape[-2]:
             raise RuntimeError(
                 f"scoring pass saw {key.shape[-2]} keys at layer {module.layer_idx} but expected "
@@ -122,8 +137,8 @@ class AttentionCapture:
             key,
             scaling=float(scaling),
             key_mask=key_mask,
-            causal_offset=plan.causal_offset,
-            num_out=plan.num_out,
+            causal_offset=offset,
+            num_out=num_out,
             softcap=softcap,
         )
 

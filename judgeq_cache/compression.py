@@ -3,9 +3,11 @@
 :class:`PromptCompression` is the part of the cache that reacts to forwards (the hook protocol of
 :mod:`judgeq_cache.hooks`): the first forward into the empty cache is recorded as the prefill (the
 prompt's queries are captured if the scorer reads them), and when it returns the prompt is scored
-and evicted, the drafts of assisted decoding run again over the compressed prompt. It also holds the
-scoring pass (:meth:`~PromptCompression.appended_attention`, run in :meth:`~PromptCompression.dry_run`
-mode) and :meth:`~PromptCompression.compress`.
+and evicted, the drafts of assisted decoding run again over the compressed prompt. The same path
+(:meth:`~PromptCompression._evict_stored`) runs after each chunk of a chunked prefill and every
+``decode_every`` tokens; :mod:`judgeq_cache.triggers` says when. It also holds the scoring pass
+(:meth:`~PromptCompression.appended_attention`, run in :meth:`~PromptCompression.dry_run` mode) and
+:meth:`~PromptCompression.compress`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import eviction
+from . import eviction, triggers
 from .attention_masks import fit_attention_mask
 from .budget import Budget
-from .capture import AttentionCapture
+from .capture import AttentionCapture, QueryPlan
 from .guards import another_model_error, check_generate_mode
 from .layers import EvictableLayer
-from .prefill_record import Drafts, PrefillRecord, read_prefill_call, rerun_drafts, set_aside_drafts
+from .prefill_record import (
+    Drafts,
+    PrefillRecord,
+    read_prefill_call,
+    read_tokens_call,
+    rerun_drafts,
+    set_aside_drafts,
+)
 from .scorers import Scorer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +66,12 @@ class PromptCompression:
     _dry: bool
     _logits_to_keep: Any
     _forward_depth: int
+    _chunks: triggers.ChunkedPrefill | None
+    _manual_chunks: bool
+    _decode: triggers.DecodeSchedule | None
+    _decode_scores: triggers.QueryScores
+    _decode_budgets: list[list[int]] | None
+    _step: PrefillRecord | None
 
     def on_model_call(self, module: nn.Module, kwargs: dict[str, Any] | None) -> None:
         """The head's forward starts (``kwargs``) or ends (None): remember its ``logits_to_keep``."""
@@ -64,16 +79,30 @@ class PromptCompression:
             self._logits_to_keep = None if kwargs is None else kwargs.get("logits_to_keep")
 
     def on_forward_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """The decoder's forward starts; the first one into the empty cache is the prefill."""
+        """The decoder's forward starts; the first one into the empty cache is the prefill, later ones
+        are prefill chunks (in a chunked prefill) or tokens added after it."""
         if module is not self._base_model:
             raise another_model_error()
         self._forward_depth += 1
-        if self._dry or self._prefill is not None or self.get_seq_length() > 0:
+        if self._dry:
             return
+        if self._prefill is None and self.get_seq_length() == 0:
+            self._start_prefill(args, kwargs)
+        elif self._prefill is not None and (self._chunks is not None or self._compressed):
+            self._start_step(args, kwargs)
+
+    def _start_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
         prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep)
-        evicts = self.auto_compress and eviction.any_evicts(self._row_budgets(prefill), prefill)
-        if evicts:
-            check_generate_mode(self._model, self.layers, 0 if drafts is None else drafts.count)
+        if self._manual_chunks:
+            self._chunks = triggers.ChunkedPrefill(None)
+        else:
+            self._chunks = triggers.generate_chunks(self._model, prefill.length)
+        chunked = self._chunks is not None
+        evicts = self.auto_compress and (chunked or eviction.any_evicts(self._row_budgets(prefill), prefill))
+        if evicts or self._decode is not None:
+            every = None if self._decode is None else self._decode.every
+            count = 0 if drafts is None else drafts.count
+            check_generate_mode(self._model, self.layers, count, chunked=chunked, decode_every=every)
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
         source = self.scorer.query_source
@@ -82,18 +111,60 @@ class PromptCompression:
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
 
+    def _start_step(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """A forward into a prefilled cache: a prefill chunk, or tokens added after the prefill (their
+        queries are captured for decode-time eviction by scorers that read queries)."""
+        step = read_tokens_call(args, kwargs)
+        chunk = self._chunks is not None
+        if chunk:
+            self._step = step
+            self._prefill = self._prefill.extend(step)
+            self.prompt_length = self._prefill.length
+        elif self._decode is not None:
+            self._step = step
+        else:
+            return
+        source = self.scorer.query_source
+        if source not in ("window", "all") or (chunk and not self.auto_compress):
+            return
+        masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
+        window = step.length if source == "all" or not chunk else min(self.scorer.window_size, step.length)
+        plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
+        self._capture = AttentionCapture(self._attn_names, plan).__enter__()
+
     def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any = None) -> None:
-        """The decoder's forward returned (or raised): compress after the prefill."""
+        """The decoder's forward returned (or raised): compress after the prefill (after each chunk of
+        a chunked prefill), evict when decode-time eviction is due."""
         if module is not self._base_model:
             return
         self._forward_depth = max(0, self._forward_depth - 1)
-        if self._dry or self._prefill is None or self._compressed:
+        if self._dry or self._prefill is None:
             return
         capture, self._capture = self._capture, None
         if capture is not None:
             capture.__exit__(None, None, None)
-        if succeeded and self.auto_compress:
-            attention = capture.scores if capture is not None else None
+        step, self._step = self._step, None
+        attention = capture.scores if capture is not None else None
+        if self._compressed:
+            if succeeded and step is not None and self._decode is not None:
+                if attention is not None:
+                    self._decode_scores.add(attention, step.length)
+                if self._decode.add(step.length):
+                    with torch.no_grad():
+                        self._evict_decode()
+            return
+        if not succeeded:
+            return
+        if self._chunks is not None:
+            if self.auto_compress:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    self._evict_stored(self._row_budgets(self._prefill), attention)
+                self.compression_seconds += time.perf_counter() - start
+            if self._chunks.ends_at(self._prefill.length):
+                self._finish_chunks()
+            return
+        if self.auto_compress:
             with torch.no_grad():
                 hidden = self._compress(attention)
                 if hidden is not None and output is not None:
@@ -101,13 +172,39 @@ class PromptCompression:
                     last = output[0] if isinstance(output, tuple) else output.last_hidden_state
                     last[:, -hidden.shape[1] :] = hidden.to(last.dtype)
 
+    def _finish_chunks(self) -> None:
+        """The last chunk of a chunked prefill was evicted: the prefill is compressed (with
+        ``compress=False`` it stays uncompressed, all chunks stored, for :meth:`compress`)."""
+        self._chunks = None
+        if self.auto_compress:
+            self._compressed = True
+            self._drafts = None
+
+    @contextlib.contextmanager
+    def chunked_prefill(self) -> Iterator[Any]:
+        """Every forward into this empty cache inside the block is one chunk of the prefill: after
+        each, the cache scores what it stores plus the chunk and evicts back to the budget (stored
+        entries never exceed budget + chunk). The prefill ends with the block; later forwards append
+        (a question, ``generate``)."""
+        if self._prefill is not None or self.get_seq_length() > 0:
+            raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
+        if not self.auto_compress:
+            raise ValueError("chunked_prefill() evicts after each chunk; it needs compress=True")
+        self._manual_chunks = True
+        try:
+            yield self
+        finally:
+            self._manual_chunks = False
+            if self._chunks is not None:
+                self._finish_chunks()
+
     def on_attention_call(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None:
         """An attention module of the model is called: fit its mask to its layer's stored entries."""
         layer_idx = getattr(module, "layer_idx", None)
         if not isinstance(layer_idx, int) or layer_idx >= len(self.layers):
             return
         layer = self.layers[layer_idx]
-        if isinstance(layer, EvictableLayer) and not self._dry and isinstance(hidden, torch.Tensor):
+        if isinstance(layer, EvictableLayer) and isinstance(hidden, torch.Tensor):
             fit_attention_mask(layer, kwargs, hidden, self._ragged, self._attn_names)
 
     # ------------------------------------------------------------------ scoring and eviction
@@ -133,18 +230,26 @@ class PromptCompression:
         trained through it.
         """
         self._check_uncompressed_prefill("appended_attention")
-        prefill = self._prefill
+        return self._appended_scores(inputs, {i: self._stored_mask(i) for i in self._evictable})
+
+    def _appended_scores(
+        self, inputs: dict[str, torch.Tensor], masks: dict[int, torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
+        """:meth:`appended_attention` over whatever the cache stores now (``masks``: ``{layer: [B,
+        stored]}``, ``False`` on padding and fillers), scoring the stored entries."""
+        record = self._prefill
         count = next(iter(inputs.values())).shape[1]
-        ones = torch.ones(
-            (prefill.key_mask.shape[0], count), dtype=torch.bool, device=prefill.key_mask.device
-        )
-        key_mask = torch.cat([prefill.key_mask, ones], dim=-1)
-        capture = self.query_capture(slice(None), prefill.length, prefill.length, key_mask)
+        seen = self.get_seq_length()
+        ones = record.key_mask.new_ones((record.key_mask.shape[0], seen - record.length + count))
+        logical_mask = torch.cat([record.key_mask, ones], dim=-1)  # what the model's mask code indexes
+        key_masks = {i: torch.cat([m, ones[:, -count:].to(m.device)], dim=-1) for i, m in masks.items()}
+        plan = QueryPlan(slice(None), None, None, key_masks, self._layer_set(), exclude_tail=count)
+        capture = AttentionCapture(self._attn_names, plan)
         with self.dry_run(), capture:
             self._base_model(
                 **inputs,
-                attention_mask=key_mask.long(),
-                position_ids=prefill.next_positions(count),
+                attention_mask=logical_mask.long(),
+                position_ids=record.next_positions(count, seen),
                 use_cache=True,
                 **{self._cache_kwarg: self},
             )
@@ -174,23 +279,7 @@ class PromptCompression:
         hidden = None
         if eviction.any_evicts(budgets, prefill):
             drafts = set_aside_drafts(self.layers, prefill, self._drafts)
-            if attention is None and self.scorer.query_source == "appended":
-                attention = self.appended_attention(
-                    self.scorer.appended_inputs(prefill.key_mask.shape[0], self._base_model)
-                )
-            if attention is None and self.scorer.query_source != "none":
-                raise RuntimeError(
-                    f"scorer {self.scorer.name!r} needs the prompt's queries, which are captured during the "
-                    "prefill forward; with compress=False pass them to compress(attention=...)"
-                )
-            for layer_idx, row_budgets in zip(self._evictable, budgets):
-                scores = None if attention is None else attention.get(layer_idx)
-                layer = self.layers[layer_idx]
-                kept = eviction.evict_layer(
-                    layer_idx, layer, row_budgets, self.scorer, scores, prefill.key_mask
-                )
-                if kept is not None:
-                    self.kept_indices[layer_idx] = kept
+            self._evict_stored(budgets, attention)
             self._compressed = True
             if drafts is not None:
                 hidden = rerun_drafts(self._base_model, self._cache_kwarg, self, drafts)
@@ -206,3 +295,53 @@ class PromptCompression:
             1e3 * self.compression_seconds,
         )
         return hidden
+
+    def _evict_decode(self) -> None:
+        """Decode-time eviction: back to the budget, scored by the queries added since the last one."""
+        if self._decode_budgets is None:
+            self._decode_budgets = eviction.decode_budgets(
+                self.scorer, self.budget, self._prefill, len(self._evictable)
+            )
+        attention = self._decode_scores.mean()
+        self._decode_scores.clear()
+        start = time.perf_counter()
+        self._evict_stored(self._decode_budgets, attention)
+        self.compression_seconds += time.perf_counter() - start
+
+    def _stored_mask(self, layer_idx: int, new: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, stored (+ new)]`` bool over a layer's stored entries (and ``new`` tokens' mask)."""
+        mask = eviction.stored_key_mask(self.layers[layer_idx], self._prefill)
+        return mask if new is None else torch.cat([mask, new.to(mask.device)], dim=-1)
+
+    def _evict_stored(self, budgets: list[list[int]], attention: dict[int, torch.Tensor] | None) -> None:
+        """The one eviction path of every trigger: each evictable layer keeps ``budgets`` (``[layer][row]``)
+        of the entries it stores now, chosen by the scorer (``attention``: captured scores over the
+        stored entries; the scoring pass runs here for scorers with appended tokens)."""
+        masks = {i: self._stored_mask(i) for i in self._evictable}
+        due = [
+            (i, rows)
+            for i, rows in zip(self._evictable, budgets)
+            if eviction.evicts(rows, masks[i].sum(-1).tolist(), self.layers[i].stored_length)
+        ]
+        if not due:
+            return
+        source = self.scorer.query_source
+        if attention is None and source == "appended":
+            rows = self._prefill.key_mask.shape[0]
+            attention = self._appended_scores(self.scorer.appended_inputs(rows, self._base_model), masks)
+        if attention is None and source != "none":
+            raise RuntimeError(
+                f"scorer {self.scorer.name!r} needs the prompt's queries, which are captured during the "
+                "prefill forward; with compress=False pass them to compress(attention=...)"
+            )
+        for layer_idx, rows in due:
+            layer = self.layers[layer_idx]
+            positions = eviction.stored_positions(layer, self.kept_indices.get(layer_idx))
+            scores = None if attention is None else attention.get(layer_idx)
+            kept = eviction.evict_layer(layer_idx, layer, rows, self.scorer, scores, masks[layer_idx])
+            if kept is None:
+                continue
+            if positions is None:  # a stacked cache: the positions of its kept slots are not known
+                self.kept_indices.pop(layer_idx, None)
+            else:
+                self.kept_indices[layer_idx] = positions.gather(-1, kept.to(positions.device))

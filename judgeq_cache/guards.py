@@ -1,8 +1,8 @@
 """Refusals: the calls in which an :class:`~judgeq_cache.cache.EvictionCache` cannot evict exactly.
 
-- ``generate`` modes checked before anything runs: a chunked prefill longer than one chunk (only the
-  first chunk would be compressed) and assisted decoding on sliding-window layers that cannot roll
-  back;
+- ``generate`` modes checked before anything runs: assisted decoding / prompt lookup together with a
+  chunked prefill or with decode-time eviction (rejected candidates are cropped, and entries evicted
+  meanwhile cannot come back), and assisted decoding on sliding-window layers that cannot roll back;
 - a forward of another model instance than the one the cache was built for.
 """
 
@@ -15,21 +15,25 @@ import torch
 from torch import nn
 
 
-def check_generate_mode(model: nn.Module, layers: list[Any], drafts: int) -> None:
+def check_generate_mode(
+    model: nn.Module, layers: list[Any], drafts: int, *, chunked: bool = False, decode_every: int | None = None
+) -> None:
     """Refuse, before anything runs, the ``generate`` modes in which eviction cannot be exact.
 
-    ``layers`` are the cache's layers; ``drafts`` counts the candidate tokens in the prefill forward.
+    ``layers`` are the cache's layers; ``drafts`` counts the candidate tokens in the prefill forward;
+    ``chunked``: the prefill arrives in several forwards; ``decode_every``: decode-time eviction.
     """
-    call = running_generate_call(model)
-    config = None if call is None else call.get("generation_config")
-    chunk = getattr(config, "prefill_chunk_size", None)
-    ids = None if call is None else call.get("input_ids")
-    total = ids.shape[-1] if isinstance(ids, torch.Tensor) else 0
-    if chunk is not None and total > chunk:
+    candidates = drafts > 0 or ((chunked or decode_every is not None) and uses_candidates(model))
+    if candidates and chunked:
         raise NotImplementedError(
-            f"EvictionCache cannot compress a chunked prefill yet (generate(..., prefill_chunk_size={chunk}) "
-            f"on a {total}-token prompt): only the first chunk would be compressed. Pass "
-            "prefill_chunk_size=None, or a budget of at least the prompt length to keep everything"
+            "EvictionCache cannot evict during a chunked prefill in assisted decoding / prompt lookup; pass "
+            "prefill_chunk_size=None, or generate without assistant_model / prompt_lookup_num_tokens"
+        )
+    if candidates and decode_every is not None:
+        raise NotImplementedError(
+            "decode-time eviction (decode_every) cannot run with assisted decoding / prompt lookup: generate "
+            "crops rejected candidates, and entries evicted meanwhile cannot come back; use decode_every=None "
+            "or generate without assistant_model / prompt_lookup_num_tokens"
         )
     if drafts and any(
         getattr(layer, "is_sliding", False) and not getattr(layer, "record_past", False) for layer in layers
@@ -40,6 +44,24 @@ def check_generate_mode(model: nn.Module, layers: list[Any], drafts: int) -> Non
             "transformers >= 5.20); upgrade transformers or generate without assistant_model / "
             "prompt_lookup_num_tokens"
         )
+
+
+def uses_candidates(model: nn.Module, max_depth: int = 64) -> bool:
+    """Whether a running ``generate`` call of ``model`` verifies candidate tokens (``assistant_model`` or
+    ``prompt_lookup_num_tokens``)."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        local = frame.f_locals
+        if local.get("self") is model:
+            config = local.get("generation_config")
+            if local.get("assistant_model") is not None or local.get("candidate_generator") is not None:
+                return True
+            if getattr(config, "prompt_lookup_num_tokens", None) is not None:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def running_generate_call(model: nn.Module, max_depth: int = 64) -> dict[str, Any] | None:

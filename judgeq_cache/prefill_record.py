@@ -1,6 +1,7 @@
 """What an :class:`~judgeq_cache.cache.EvictionCache` records from its prefill forward.
 
-The first forward into an empty cache is the prefill. The cache keeps a :class:`PrefillRecord` of the
+The first forward into an empty cache is the prefill (in a chunked prefill, every chunk: the record
+grows with each, see :meth:`PrefillRecord.extend`). The cache keeps a :class:`PrefillRecord` of the
 prompt (its length, which keys are padding, its positions) and, in assisted decoding and prompt
 lookup, the :class:`Drafts`: candidate tokens that ``generate`` put into the same forward after the
 prompt. Only the prompt is compressed; the drafts are set aside before scoring and run again over
@@ -27,9 +28,11 @@ class PrefillRecord:
     key_mask: torch.Tensor  # [B, N] bool, False = padding
     position_ids: torch.Tensor | None
 
-    def next_positions(self, count: int) -> torch.Tensor:
-        """Positions of ``count`` tokens appended right after the prompt, ``[B, count]``."""
-        steps = torch.arange(1, count + 1, device=self.key_mask.device)
+    def next_positions(self, count: int, seen: int | None = None) -> torch.Tensor:
+        """Positions of ``count`` tokens appended after the ``seen`` tokens of the cache (default: right
+        after the prompt; tokens after the prompt continue its positions one by one), ``[B, count]``."""
+        after = 0 if seen is None else seen - self.length
+        steps = torch.arange(after + 1, after + count + 1, device=self.key_mask.device)
         if self.position_ids is not None:
             last = self.position_ids[:, -1:].to(self.key_mask.device)
             return (last + steps).expand(self.key_mask.shape[0], -1)
@@ -42,6 +45,14 @@ class PrefillRecord:
         if drafts.attention_mask is not None:
             return drafts.attention_mask.bool().to(self.key_mask.device)
         return torch.cat([self.key_mask, self.key_mask.new_ones((self.key_mask.shape[0], drafts.count))], -1)
+
+    def extend(self, chunk: PrefillRecord) -> PrefillRecord:
+        """This prompt followed by the next prefill ``chunk`` (a chunked prefill)."""
+        positions = None
+        if self.position_ids is not None and chunk.position_ids is not None:
+            positions = torch.cat([self.position_ids, chunk.position_ids.to(self.position_ids.device)], -1)
+        mask = torch.cat([self.key_mask, chunk.key_mask.to(self.key_mask.device)], -1)
+        return PrefillRecord(self.length + chunk.length, mask, positions)
 
     @staticmethod
     def concatenate(records: Sequence[PrefillRecord]) -> PrefillRecord:
@@ -114,6 +125,27 @@ def read_prefill_call(
         return record, None
     drafts = Drafts({key: tokens[:, length:]}, mask, None if positions is None else positions[..., length:])
     return record, drafts
+
+
+def read_tokens_call(args: tuple, kwargs: dict[str, Any]) -> PrefillRecord:
+    """The tokens a forward into a non-empty cache adds (a later prefill chunk, a decode step): their
+    count, padding mask (the last columns of a 2-D ``attention_mask`` that covers them, else all real)
+    and positions."""
+    tokens = kwargs.get("input_ids")
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds")
+    if tokens is None and args:
+        tokens = args[0]
+    if tokens is None:
+        raise ValueError("a forward into an EvictionCache must carry input_ids or inputs_embeds")
+    bsz, count = tokens.shape[:2]
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[-1] >= count:
+        key_mask = mask[:, mask.shape[-1] - count :].bool().to(tokens.device)
+    else:
+        key_mask = torch.ones((bsz, count), dtype=torch.bool, device=tokens.device)
+    positions = kwargs.get("position_ids")
+    return PrefillRecord(count, key_mask, None if positions is None else positions[..., -count:])
 
 
 def set_aside_drafts(layers: list[Any], record: PrefillRecord, drafts: Drafts | None) -> Drafts | None:

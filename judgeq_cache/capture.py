@@ -48,7 +48,9 @@ class QueryPlan:
     layers: frozenset[int]
     exclude_tail: int = 0
 
-    def resolve(self, layer_idx: int, num_queries: int, num_keys: int) -> tuple[int, int, torch.Tensor | None]:
+    def resolve(
+        self, layer_idx: int, num_queries: int, num_keys: int
+    ) -> tuple[int, int, torch.Tensor | None]:
         """``(causal_offset, num_out, key_mask)`` of one attention call of ``layer_idx``."""
         offset, num_out = self.causal_offset, self.num_out
         if offset is None:

@@ -45,7 +45,9 @@ def stored_key_mask(layer: EvictableLayer, record: PrefillRecord) -> torch.Tenso
     tokens (padding only where they fall inside the prompt ``record``)."""
     rows, device = record.key_mask.shape[0], record.key_mask.device
     kept = layer.compressed_length
-    head = torch.ones((rows, kept), dtype=torch.bool, device=device) if layer.visible is None else layer.visible
+    head = (
+        torch.ones((rows, kept), dtype=torch.bool, device=device) if layer.visible is None else layer.visible
+    )
     added = layer.stored_length - kept
     start = layer.get_seq_length() - added
     prompt = record.key_mask[:, start : start + added]

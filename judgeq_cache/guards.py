@@ -11,12 +11,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import torch
 from torch import nn
 
 
 def check_generate_mode(
-    model: nn.Module, layers: list[Any], drafts: int, *, chunked: bool = False, decode_every: int | None = None
+    model: nn.Module,
+    layers: list[Any],
+    drafts: int,
+    *,
+    chunked: bool = False,
+    decode_every: int | None = None,
 ) -> None:
     """Refuse, before anything runs, the ``generate`` modes in which eviction cannot be exact.
 

@@ -64,7 +64,9 @@ class DecodeSchedule:
 
     def __post_init__(self) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"decode_every must be a positive int (tokens between evictions), got {self.every!r}")
+            raise ValueError(
+                f"decode_every must be a positive int (tokens between evictions), got {self.every!r}"
+            )
 
     def add(self, tokens: int) -> bool:
         """Count ``tokens`` added; True when an eviction is due (the count starts again)."""

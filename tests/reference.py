@@ -103,3 +103,24 @@ def one_pass_soft_attention(model, prompt_ids: torch.Tensor, rows: torch.Tensor)
         part = attn[:, :, n:, :n].float().reshape(b, kv_heads, hq // kv_heads, q - n, n)
         result[layer] = part.mean(dim=(2, 3))
     return result
+
+
+@torch.no_grad()
+def masked_logits_per_step(
+    model, steps: list[dict], keeps: list[dict[int, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Logits of each forward in ``steps`` over one full, never-evicted cache, where forward ``t`` does
+    not see the entries that ``keeps[t]`` (``{layer: [B, Hkv, P]}`` bool over the first ``P`` logical
+    positions) marks ``False``; later positions stay visible. The reference for eviction that happens
+    between forwards (prefill chunks, decode steps)."""
+    full = DynamicCache(config=model.config)
+    out = []
+    try:
+        with _attention(model, _NAME):
+            for step, keep in zip(steps, keeps):
+                _KEEP.clear()
+                _KEEP.update(keep)
+                out.append(model(**step, **cache_kwargs(model, full)).logits)
+    finally:
+        _KEEP.clear()
+    return out

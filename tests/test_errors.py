@@ -138,18 +138,17 @@ def test_prefilled_cache_rejected_by_another_model(model):
 
 
 @pytest.mark.parametrize("scorer", ["snapkv", "judgeq"])
-def test_chunked_prefill_or_decode_eviction_with_candidates_is_refused_up_front(model, scorer):
+def test_decode_eviction_with_candidates_is_refused_up_front(model, scorer):
     def make(**options):
         if scorer == "judgeq":
             return JudgeQCache(model, JudgeQAdapter.init_for(model, 4), 0.5, **options)
         return EvictionCache(model, 0.5, scorer, **options)
 
     ids = torch.randint(3, 128, (1, 40))
-    for options, extra in (({}, {"prefill_chunk_size": 16}), ({"decode_every": 4}, {})):
-        cache = make(**options)
-        with pytest.raises(NotImplementedError, match="prompt lookup"):
-            model.generate(ids, max_new_tokens=3, prompt_lookup_num_tokens=2, **extra, **cache_kwargs(model, cache))
-        assert cache.get_seq_length() == 0 and not cache.is_compressed  # nothing ran
+    cache = make(decode_every=4)
+    with pytest.raises(NotImplementedError, match="prompt lookup"):
+        model.generate(ids, max_new_tokens=3, prompt_lookup_num_tokens=2, **cache_kwargs(model, cache))
+    assert cache.get_seq_length() == 0 and not cache.is_compressed  # nothing ran
     # One chunk holds the whole prompt: an ordinary prefill, compressed as usual.
     one_chunk = model.generate(
         ids, max_new_tokens=3, do_sample=False, prefill_chunk_size=64, **cache_kwargs(model, make())
@@ -167,15 +166,16 @@ def test_decode_every_must_be_a_positive_int(model, bad):
 
 def test_manual_chunked_prefill_needs_an_empty_compressing_cache(model):
     ids = torch.randint(3, 128, (1, 20))
-    with pytest.raises(ValueError, match="compress=True"):
-        with EvictionCache(model, 8, compress=False).chunked_prefill():
-            pass
+    with (
+        pytest.raises(ValueError, match="compress=True"),
+        EvictionCache(model, 8, compress=False).chunked_prefill(),
+    ):
+        pass
     cache = EvictionCache(model, 8)
     with torch.no_grad():
         model(input_ids=ids, **cache_kwargs(model, cache))
-    with pytest.raises(RuntimeError, match="empty cache"):
-        with cache.chunked_prefill():
-            pass
+    with pytest.raises(RuntimeError, match="empty cache"), cache.chunked_prefill():
+        pass
 
 
 def test_chunked_prefill_that_keeps_everything_equals_plain_generate(model):

@@ -31,7 +31,6 @@ from .prefill_record import (
     Drafts,
     PrefillRecord,
     read_prefill_call,
-    read_tokens_call,
     rerun_drafts,
     set_aside_drafts,
 )
@@ -40,7 +39,7 @@ from .scorers import Scorer
 logger = logging.getLogger(__name__)
 
 
-class PromptCompression:
+class PromptCompression(triggers.EvictionTriggers):
     """Mixin of :class:`~judgeq_cache.cache.EvictionCache`: the prefill's lifecycle and compression.
 
     The state it reads and writes (annotated below) is set up by ``EvictionCache.__init__``; it also
@@ -111,27 +110,6 @@ class PromptCompression:
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
 
-    def _start_step(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        """A forward into a prefilled cache: a prefill chunk, or tokens added after the prefill (their
-        queries are captured for decode-time eviction by scorers that read queries)."""
-        step = read_tokens_call(args, kwargs)
-        chunk = self._chunks is not None
-        if chunk:
-            self._step = step
-            self._prefill = self._prefill.extend(step)
-            self.prompt_length = self._prefill.length
-        elif self._decode is not None:
-            self._step = step
-        else:
-            return
-        source = self.scorer.query_source
-        if source not in ("window", "all") or (chunk and not self.auto_compress):
-            return
-        masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
-        window = step.length if source == "all" or not chunk else min(self.scorer.window_size, step.length)
-        plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
-        self._capture = AttentionCapture(self._attn_names, plan).__enter__()
-
     def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any = None) -> None:
         """The decoder's forward returned (or raised): compress after the prefill (after each chunk of
         a chunked prefill), evict when decode-time eviction is due."""
@@ -146,23 +124,13 @@ class PromptCompression:
         step, self._step = self._step, None
         attention = capture.scores if capture is not None else None
         if self._compressed:
-            if succeeded and step is not None and self._decode is not None:
-                if attention is not None:
-                    self._decode_scores.add(attention, step.length)
-                if self._decode.add(step.length):
-                    with torch.no_grad():
-                        self._evict_decode()
+            if succeeded and step is not None:
+                self._after_decode_step(step, attention)
             return
         if not succeeded:
             return
         if self._chunks is not None:
-            if self.auto_compress:
-                start = time.perf_counter()
-                with torch.no_grad():
-                    self._evict_stored(self._row_budgets(self._prefill), attention)
-                self.compression_seconds += time.perf_counter() - start
-            if self._chunks.ends_at(self._prefill.length):
-                self._finish_chunks()
+            self._after_chunk(attention)
             return
         if self.auto_compress:
             with torch.no_grad():
@@ -171,32 +139,6 @@ class PromptCompression:
                     # The drafts' hidden states, recomputed over the compressed prompt (see _compress).
                     last = output[0] if isinstance(output, tuple) else output.last_hidden_state
                     last[:, -hidden.shape[1] :] = hidden.to(last.dtype)
-
-    def _finish_chunks(self) -> None:
-        """The last chunk of a chunked prefill was evicted: the prefill is compressed (with
-        ``compress=False`` it stays uncompressed, all chunks stored, for :meth:`compress`)."""
-        self._chunks = None
-        if self.auto_compress:
-            self._compressed = True
-            self._drafts = None
-
-    @contextlib.contextmanager
-    def chunked_prefill(self) -> Iterator[Any]:
-        """Every forward into this empty cache inside the block is one chunk of the prefill: after
-        each, the cache scores what it stores plus the chunk and evicts back to the budget (stored
-        entries never exceed budget + chunk). The prefill ends with the block; later forwards append
-        (a question, ``generate``)."""
-        if self._prefill is not None or self.get_seq_length() > 0:
-            raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
-        if not self.auto_compress:
-            raise ValueError("chunked_prefill() evicts after each chunk; it needs compress=True")
-        self._manual_chunks = True
-        try:
-            yield self
-        finally:
-            self._manual_chunks = False
-            if self._chunks is not None:
-                self._finish_chunks()
 
     def on_attention_call(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None:
         """An attention module of the model is called: fit its mask to its layer's stored entries."""
@@ -295,18 +237,6 @@ class PromptCompression:
             1e3 * self.compression_seconds,
         )
         return hidden
-
-    def _evict_decode(self) -> None:
-        """Decode-time eviction: back to the budget, scored by the queries added since the last one."""
-        if self._decode_budgets is None:
-            self._decode_budgets = eviction.decode_budgets(
-                self.scorer, self.budget, self._prefill, len(self._evictable)
-            )
-        attention = self._decode_scores.mean()
-        self._decode_scores.clear()
-        start = time.perf_counter()
-        self._evict_stored(self._decode_budgets, attention)
-        self.compression_seconds += time.perf_counter() - start
 
     def _stored_mask(self, layer_idx: int, new: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, stored (+ new)]`` bool over a layer's stored entries (and ``new`` tokens' mask)."""

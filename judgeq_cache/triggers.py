@@ -14,6 +14,7 @@ selects, the layer compacts); this module only decides *when*:
 - **decode steps** (``decode_every=N``): once the prefill is done, every ``N`` tokens added to the
   cache (:class:`DecodeSchedule`).
 
+:class:`EvictionTriggers` is the part of the cache that reacts to the forwards after the first one.
 Scorers that read queries get them from the forward that triggers: the last window of a chunk's
 queries; for decode steps, the queries of every token added since the last eviction, accumulated
 (:class:`QueryScores`), since one decode forward holds a single query.
@@ -21,12 +22,19 @@ queries; for decode steps, the queries of every token added since the last evict
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from . import eviction
+from .capture import AttentionCapture, QueryPlan
 from .guards import running_generate_call
+from .prefill_record import PrefillRecord, read_tokens_call
 
 
 @dataclass
@@ -105,3 +113,95 @@ class QueryScores:
 
     def clear(self) -> None:
         self.sums, self.queries = {}, 0
+
+
+class EvictionTriggers:
+    """Mixin of :class:`~judgeq_cache.compression.PromptCompression`: what a forward after the first
+    one does (a prefill chunk, tokens added after the prefill) and the eviction each trigger starts,
+    through the cache's one eviction path (``_evict_stored``)."""
+
+    _chunks: ChunkedPrefill | None
+    _manual_chunks: bool
+    _decode: DecodeSchedule | None
+    _decode_scores: QueryScores
+    _decode_budgets: list[list[int]] | None
+    _step: PrefillRecord | None
+
+    def _start_step(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """A forward into a prefilled cache: a prefill chunk, or tokens added after the prefill (their
+        queries are captured for decode-time eviction by scorers that read queries)."""
+        step = read_tokens_call(args, kwargs)
+        chunk = self._chunks is not None
+        if chunk:
+            self._step = step
+            self._prefill = self._prefill.extend(step)
+            self.prompt_length = self._prefill.length
+        elif self._decode is not None:
+            self._step = step
+        else:
+            return
+        source = self.scorer.query_source
+        if source not in ("window", "all") or (chunk and not self.auto_compress):
+            return
+        masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
+        window = step.length if source == "all" or not chunk else min(self.scorer.window_size, step.length)
+        plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
+        self._capture = AttentionCapture(self._attn_names, plan).__enter__()
+
+    def _after_chunk(self, attention: dict[int, torch.Tensor] | None) -> None:
+        """A prefill chunk returned: evict back to the budget; the prefill ends with its last chunk."""
+        if self.auto_compress:
+            start = time.perf_counter()
+            with torch.no_grad():
+                self._evict_stored(self._row_budgets(self._prefill), attention)
+            self.compression_seconds += time.perf_counter() - start
+        if self._chunks.ends_at(self._prefill.length):
+            self._finish_chunks()
+
+    def _after_decode_step(self, step: PrefillRecord, attention: dict[int, torch.Tensor] | None) -> None:
+        """Tokens were added after the prefill: count them, evict when ``decode_every`` is due."""
+        if self._decode is None:
+            return
+        if attention is not None:
+            self._decode_scores.add(attention, step.length)
+        if self._decode.add(step.length):
+            with torch.no_grad():
+                self._evict_decode()
+
+    def _finish_chunks(self) -> None:
+        """The last chunk of a chunked prefill was evicted: the prefill is compressed (with
+        ``compress=False`` it stays uncompressed, all chunks stored, for :meth:`compress`)."""
+        self._chunks = None
+        if self.auto_compress:
+            self._compressed = True
+            self._drafts = None
+
+    @contextlib.contextmanager
+    def chunked_prefill(self) -> Iterator[Any]:
+        """Every forward into this empty cache inside the block is one chunk of the prefill: after
+        each, the cache scores what it stores plus the chunk and evicts back to the budget (stored
+        entries never exceed budget + chunk). The prefill ends with the block; later forwards append
+        (a question, ``generate``)."""
+        if self._prefill is not None or self.get_seq_length() > 0:
+            raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
+        if not self.auto_compress:
+            raise ValueError("chunked_prefill() evicts after each chunk; it needs compress=True")
+        self._manual_chunks = True
+        try:
+            yield self
+        finally:
+            self._manual_chunks = False
+            if self._chunks is not None:
+                self._finish_chunks()
+
+    def _evict_decode(self) -> None:
+        """Decode-time eviction: back to the budget, scored by the queries added since the last one."""
+        if self._decode_budgets is None:
+            self._decode_budgets = eviction.decode_budgets(
+                self.scorer, self.budget, self._prefill, len(self._evictable)
+            )
+        attention = self._decode_scores.mean()
+        self._decode_scores.clear()
+        start = time.perf_counter()
+        self._evict_stored(self._decode_budgets, attention)
+        self.compression_seconds += time.perf_counter() - start

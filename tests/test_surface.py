@@ -25,6 +25,7 @@ CACHE_CORE = {
     "guards.py",
     "attention_masks.py",
     "layers.py",
+    "triggers.py",
 }
 
 

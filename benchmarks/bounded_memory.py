@@ -1,0 +1,198 @@
+"""Bounded KV memory (issue 14): chunked-prefill eviction and decode-time eviction, measured.
+
+Prefill: for each prompt length, peak RSS above the loaded model, KV bytes after the prefill and
+seconds, for the full cache, one-shot eviction and eviction after every chunk (``--chunks``). Each
+run is a fresh subprocess; RSS is sampled every few milliseconds from ``/proc/self/statm`` and the
+baseline is the RSS right before the prefill (the model loaded).
+
+Decoding: the full cache generates a greedy ``--decode-tokens`` continuation of a prompt; then every
+method at every ``--decode-budgets`` budget (``decode_every``) is teacher-forced through that same
+continuation token by token: mean NLL and ms per token, against the full cache.
+
+Full size (hours on a CPU)::
+
+    python benchmarks/bounded_memory.py --lengths 2048,4096,8192 --chunks 512,1024 --budget 256 \\
+        --decode-prompt 1024 --decode-tokens 512 --decode-budgets 256,512 --json bounded.json
+
+Smoke run: ``python benchmarks/bounded_memory.py --lengths 512 --chunks 128 --budget 64
+--decode-prompt 256 --decode-tokens 64 --decode-budgets 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+from transformers import DynamicCache
+
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.bench import corpus_prompt
+from judgeq_cache.cliargs import choice_list, int_list, positive_int
+from judgeq_cache.models import load_model
+from judgeq_cache.utils import cache_kwarg, kv_bytes
+
+METHODS = ["judgeq", "snapkv", "streamingllm", "tova"]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Context manager: the highest RSS seen while active, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self.base = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _load(adapter_path: str):
+    model, tokenizer = load_model("embedded")
+    try:
+        adapter = JudgeQAdapter.from_pretrained(adapter_path)
+    except (OSError, ValueError):
+        adapter = JudgeQAdapter.init_for(model)  # an untrained adapter costs the same
+    return model, tokenizer, adapter
+
+
+def make_cache(model, method: str, budget, adapter, decode_every=None):
+    if method == "full":
+        return DynamicCache(config=model.config)
+    if method == "judgeq":
+        return JudgeQCache(model, adapter, budget, decode_every=decode_every)
+    return EvictionCache(model, budget, method, decode_every=decode_every)
+
+
+@torch.no_grad()
+def prefill_probe(kind: str, length: int, budget: int, method: str, adapter_path: str) -> dict:
+    """One prefill (``generate``, one new token) in this process: ``kind`` is ``full``, ``oneshot`` or
+    ``chunk<N>``."""
+    model, tokenizer, adapter = _load(adapter_path)
+    ids = corpus_prompt(tokenizer, length)
+    cache = make_cache(model, "full" if kind == "full" else method, budget, adapter)
+    chunk = int(kind[5:]) if kind.startswith("chunk") else None
+    start = time.perf_counter()
+    with PeakRSS() as rss:
+        model.generate(
+            ids,
+            max_new_tokens=1,
+            do_sample=False,
+            prefill_chunk_size=chunk,
+            **{cache_kwarg(model): cache},
+        )
+    seconds = time.perf_counter() - start
+    return {
+        "length": length,
+        "kind": kind,
+        "peak_rss_above_model_mib": (rss.peak - rss.base) / 2**20,
+        "kv_bytes": kv_bytes(cache),
+        "seconds": seconds,
+    }
+
+
+def run_prefill(args) -> list[dict]:
+    rows = []
+    kinds = ["full", "oneshot"] + [f"chunk{c}" for c in args.chunks]
+    for length in args.lengths:
+        for kind in kinds:
+            cmd = [sys.executable, os.path.abspath(__file__), "--probe", kind, "--lengths", str(length)]
+            cmd += ["--budget", str(args.budget), "--method", args.method, "--adapter", args.adapter]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+@torch.no_grad()
+def teacher_forced(model, prompt: torch.Tensor, continuation: torch.Tensor, cache) -> tuple[float, float]:
+    """Mean NLL of ``continuation`` fed token by token after ``prompt``, and ms per token."""
+    kw = {cache_kwarg(model): cache}
+    logits = model(input_ids=prompt, logits_to_keep=1, **kw).logits[:, -1]
+    nll, start = [], time.perf_counter()
+    for i in range(continuation.shape[1]):
+        token = continuation[:, i : i + 1]
+        nll.append(torch.nn.functional.cross_entropy(logits.float(), token[:, 0]).item())
+        logits = model(input_ids=token, **kw).logits[:, -1]
+    ms = 1e3 * (time.perf_counter() - start) / continuation.shape[1]
+    return sum(nll) / len(nll), ms
+
+
+def run_decode(args) -> list[dict]:
+    model, tokenizer, adapter = _load(args.adapter)
+    prompt = corpus_prompt(tokenizer, args.decode_prompt)
+    kw = {cache_kwarg(model): DynamicCache(config=model.config)}
+    out = model.generate(
+        prompt, max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, do_sample=False, **kw
+    )
+    continuation = out[:, prompt.shape[1] :]
+    full_nll, full_ms = teacher_forced(model, prompt, continuation, make_cache(model, "full", 1, adapter))
+    rows = [{"method": "full", "budget": None, "nll": full_nll, "ms_per_token": full_ms}]
+    print(json.dumps(rows[-1]), flush=True)
+    for budget in args.decode_budgets:
+        for method in args.methods:
+            cache = make_cache(model, method, budget, adapter, decode_every=args.decode_every)
+            nll, ms = teacher_forced(model, prompt, continuation, cache)
+            rows.append({"method": method, "budget": budget, "nll": nll, "ms_per_token": ms})
+            rows[-1]["nll_vs_full"] = nll / full_nll if full_nll else math.nan
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int_list(16), default="2048,4096,8192")
+    parser.add_argument("--chunks", type=int_list(1), default="512,1024")
+    parser.add_argument("--budget", type=positive_int, default=256, help="entries kept per head (prefill part)")
+    parser.add_argument("--method", default="judgeq", help="scorer of the prefill part")
+    parser.add_argument("--decode-prompt", type=positive_int, default=1024)
+    parser.add_argument("--decode-tokens", type=positive_int, default=512)
+    parser.add_argument("--decode-budgets", type=int_list(1), default="256,512")
+    parser.add_argument("--decode-every", type=positive_int, default=32)
+    parser.add_argument("--methods", type=choice_list(METHODS, "method"), default=",".join(METHODS))
+    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--json", default=None, help="also write all rows to this JSON file")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.probe:
+        row = prefill_probe(args.probe, args.lengths[0], args.budget, args.method, args.adapter)
+        sys.stdout.write(json.dumps(row) + "\n")
+        return 0
+    result = {
+        "prefill": [] if args.skip_prefill else run_prefill(args),
+        "decode": [] if args.skip_decode else run_decode(args),
+    }
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -166,7 +166,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int_list(16), default="2048,4096,8192")
     parser.add_argument("--chunks", type=int_list(1), default="512,1024")
-    parser.add_argument("--budget", type=positive_int, default=256, help="entries kept per head (prefill part)")
+    parser.add_argument(
+        "--budget", type=positive_int, default=256, help="entries kept per head (prefill part)"
+    )
     parser.add_argument("--method", default="judgeq", help="scorer of the prefill part")
     parser.add_argument("--decode-prompt", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cache_kwargs, make_model
+from conftest import ARCHS, cache_kwargs, make_model
 from reference import keep_masks, masked_logits_per_step
 from test_cache import build_cache, prompt
 
@@ -147,6 +147,17 @@ def test_each_chunk_sees_exactly_what_was_kept_before_it(scorer, padded):
         assert layer.visible[:, : layer.compressed_length].sum(-1).tolist() == [15, 8]
 
 
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_chunks_are_exact_on_every_architecture_with_sdpa(arch_name):
+    """sdpa's own mask shortcuts, sliding-window layers (Gemma-3), q_norm (Qwen3): same reference."""
+    model = make_model(arch_name, attn="sdpa")
+    ids, mask = left_padded((LENGTH, 30))
+    question = prompt(batch=2, length=4, seed=9)
+    got, expected, real = _chunked_run(model, build_cache(model, "judgeq", 0.25), ids, mask, question)
+    for t, (g, e, r) in enumerate(zip(got, expected, real)):
+        torch.testing.assert_close(g[r], e[r], atol=3e-5, rtol=3e-5, msg=lambda m, t=t: f"forward {t}: {m}")
+
+
 def test_fractional_budget_is_a_fraction_of_the_tokens_seen_so_far():
     model = make_model("llama")
     ids = prompt(length=LENGTH)
@@ -268,9 +279,10 @@ def test_decode_every_at_a_huge_budget_equals_plain_generate(scorer):
             plain[name] = out
 
 
-@pytest.mark.parametrize("scorer", ["judgeq", "snapkv"])
-def test_decode_eviction_in_a_padded_batch_matches_each_row_alone(scorer):
-    model = make_model("llama")
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "h2o"])
+@pytest.mark.parametrize(("arch_name", "attn"), [("llama", "eager"), ("gemma3", "sdpa")])
+def test_decode_eviction_in_a_padded_batch_matches_each_row_alone(scorer, arch_name, attn):
+    model = make_model(arch_name, attn=attn)
     ids, mask = left_padded((30, 19))
     run = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
     batched = model.generate(

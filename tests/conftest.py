@@ -37,9 +37,10 @@ def make_model(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     seed: int = 0,
+    **overrides,
 ) -> transformers.PreTrainedModel:
-    """A tiny random causal LM of ``arch`` (head dim 16)."""
-    kwargs = dict(_COMMON, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads)
+    """A tiny random causal LM of ``arch`` (head dim 16); ``overrides`` replace config defaults."""
+    kwargs = dict(_COMMON, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, **overrides)
     kwargs["hidden_size"] = 16 * num_heads
     if arch == "llama":
         config = transformers.LlamaConfig(**kwargs)

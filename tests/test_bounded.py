@@ -190,7 +190,46 @@ def test_manual_chunks_then_generate_continues_like_compress_once_ask_many():
     assert cache.get_seq_length() == LENGTH + 4 + 2
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_issue_14_chunked_scenario_3000_tokens_chunk_512_budget_256(scorer):
+    """The issue's criterion at its own size: at most 768 entries per layer at any forward (PyramidKV:
+    its layer budgets average 256, so its layers average at most 768)."""
+    model = make_model("llama", max_position_embeddings=4096)
+    ids = prompt(length=3000)
+    cache = build_cache(model, scorer, 256, future_ids=ids[0, :8])
+    seen, handles = record_keys_attended(model)
+    try:
+        model.generate(
+            ids, max_new_tokens=2, do_sample=False, prefill_chunk_size=512, **cache_kwargs(model, cache)
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    peaks = {layer: max(counts) for layer, counts in seen.items()}
+    limits = bound(cache, 256, 3000)
+    assert all(peaks[layer] <= limits[layer] + 512 for layer in peaks)
+    assert sum(peaks.values()) / len(peaks) <= 768
+    if scorer != "pyramidkv":
+        assert max(peaks.values()) == 768
+
+
 # --------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "streamingllm"])
+def test_issue_14_decode_scenario_400_tokens_every_32_budget_128(scorer):
+    model = make_model("llama", max_position_embeddings=1024)
+    ids = prompt(length=100)
+    cache = build_cache(model, scorer, 128, decode_every=32)
+    seen, handles = record_keys_attended(model)
+    try:
+        model.generate(
+            ids, max_new_tokens=400, min_new_tokens=400, do_sample=False, **cache_kwargs(model, cache)
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    assert max(max(counts) for counts in seen.values()) == 160
 
 
 @pytest.mark.parametrize("scorer", SCORERS)

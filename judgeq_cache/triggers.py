@@ -108,9 +108,6 @@ class QueryScores:
             return None
         return {layer: total / self.queries for layer, total in self.sums.items()}
 
-    def reorder(self, beam_idx: torch.Tensor) -> None:
-        self.sums = {k: v.index_select(0, beam_idx.to(v.device)) for k, v in self.sums.items()}
-
     def clear(self) -> None:
         self.sums, self.queries = {}, 0
 

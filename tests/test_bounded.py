@@ -354,3 +354,25 @@ def test_beam_search_and_sampling_with_decode_eviction_stay_bounded(scorer):
             kept = cache.kept_indices[layer]
             assert kept.shape[0] == cache.layers[layer].keys.shape[0]
             assert torch.all(kept[..., 1:] > kept[..., :-1]) and int(kept.max()) < 35
+
+
+def test_rows_repeated_after_compression_carry_their_state_into_decode_eviction():
+    """Compress once, repeat the rows for beam search (as transformers needs for a filled cache): the
+    prompt record and kept positions follow the layers' rows, and decode eviction runs on them."""
+    model = make_model("llama")
+    ctx, question = prompt(batch=2, length=30), prompt(batch=2, length=4, seed=3)
+    cache = build_cache(model, "snapkv", 10, decode_every=4)
+    with torch.no_grad():
+        model(input_ids=ctx, **cache_kwargs(model, cache))
+    first = cache.kept_indices[0].clone()
+    cache.batch_repeat_interleave(2)
+    assert cache.prefill_mask.shape[0] == 4 and torch.equal(cache.kept_indices[0][::2], first)
+    out = model.generate(
+        torch.cat([ctx, question], 1),
+        num_beams=2,
+        max_new_tokens=12,
+        min_new_tokens=12,
+        **cache_kwargs(model, cache),
+    )
+    assert out.shape == (2, 46)
+    assert cache.kept_indices[0].shape == (4, 2, 10) and cache.layers[0].stored_length <= 10 + 4

@@ -3,7 +3,9 @@
 As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`~judgeq_cache.layers`, where
 each layer's state lives). This module holds the class, the cache API and the public surface the rest
 of the package builds on; the rest is done by modules with one job each:
-:mod:`~judgeq_cache.compression` (reacting to forwards: record the prefill, compress when it returns),
+:mod:`~judgeq_cache.compression` (reacting to forwards: record the prefill, compress when it returns;
+the one eviction path), :mod:`~judgeq_cache.triggers` (when else to evict: prefill chunks, decode
+steps), :mod:`~judgeq_cache.rows` (beam reorder and row operations on the state beside the layers),
 :mod:`~judgeq_cache.prefill_record` (the prompt and drafts of the prefill forward),
 :mod:`~judgeq_cache.eviction` (selection per row and compaction), :mod:`~judgeq_cache.guards` (calls it
 refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
@@ -27,10 +29,11 @@ from .compression import PromptCompression
 from .guards import another_model_error
 from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
 from .prefill_record import Drafts, PrefillRecord
+from .rows import BatchRows
 from .scorers import JudgeQScorer, Scorer, make_scorer
 
 
-class EvictionCache(PromptCompression, DynamicCache):
+class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     """A drop-in ``DynamicCache`` that keeps only the best ``budget`` prompt entries per KV head.
 
     When the first forward into the empty cache (the prefill) returns, ``scorer`` scores every
@@ -181,36 +184,6 @@ class EvictionCache(PromptCompression, DynamicCache):
         self._decode_scores.clear()
         if self._decode is not None:
             self._decode.since = 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        rows = self._rows()
-        super().batch_repeat_interleave(repeats)
-        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0), rows)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        self._map_rows(lambda t: t[indices.to(t.device)])
-
-    def _rows(self) -> int | None:
-        return None if self._prefill is None else self._prefill.key_mask.shape[0]
-
-    def _map_rows(self, fn, rows: int | None = None) -> None:
-        """Apply a batch-row operation (beam reorder, repeat, select) to the per-row state that lives
-        beside the layers: kept positions, the prompt record, queries accumulated for decode eviction."""
-        rows = self._rows() if rows is None else rows
-
-        def apply(t: torch.Tensor | None) -> torch.Tensor | None:
-            return fn(t) if t is not None and t.ndim and t.shape[0] == rows else t
-
-        self.kept_indices = {layer: apply(kept) for layer, kept in self.kept_indices.items()}
-        self._decode_scores.sums = {layer: apply(s) for layer, s in self._decode_scores.sums.items()}
-        if self._prefill is not None:
-            record = self._prefill
-            self._prefill = PrefillRecord(record.length, apply(record.key_mask), apply(record.position_ids))
 
     @property
     def decode_every(self) -> int | None:

@@ -26,6 +26,7 @@ CACHE_CORE = {
     "attention_masks.py",
     "layers.py",
     "triggers.py",
+    "rows.py",
 }
 
 

@@ -40,7 +40,7 @@ $(VENV_OLDEST)/.installed: pyproject.toml Makefile
 
 # The core suite against the oldest supported transformers (cache API differences live there).
 test-oldest: $(VENV_OLDEST)/.installed
-	$(VENV_OLDEST)/bin/pytest -q tests/test_cache.py tests/test_errors.py tests/test_properties.py tests/test_prefill.py
+	$(VENV_OLDEST)/bin/pytest -q tests/test_cache.py tests/test_errors.py tests/test_properties.py tests/test_prefill.py tests/test_bounded.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,7 +7,11 @@ baseline is the RSS right before the prefill (the model loaded).
 
 Decoding: the full cache generates a greedy ``--decode-tokens`` continuation of a prompt; then every
 method at every ``--decode-budgets`` budget (``decode_every``) is teacher-forced through that same
-continuation token by token: mean NLL and ms per token, against the full cache.
+continuation token by token: mean NLL and ms per token, against the full cache. The prompt is evicted
+to the same budget at prefill (one-shot), then every ``--decode-every`` tokens.
+
+Run it from a checkout with ``PYTHONPATH=.`` when the installed package is another copy (the prefill
+probes run in subprocesses that inherit the environment).
 
 Full size (hours on a CPU)::
 

@@ -77,8 +77,8 @@ class PromptCompression:
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
         source = self.scorer.query_source
-        if evicts and source in ("window", "all"):
-            window = min(self.scorer.window_size or n, n) if source == "window" else n
+        if evicts and (source in ("window", "all") or self.scorer.captured_window()):
+            window = min(self.scorer.captured_window() or n, n) if source != "all" else n
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
 
@@ -93,9 +93,11 @@ class PromptCompression:
         if capture is not None:
             capture.__exit__(None, None, None)
         if succeeded and self.auto_compress:
-            attention = capture.scores if capture is not None else None
+            captured = capture.scores if capture is not None else None
+            appended = self.scorer.query_source == "appended"
+            attention, window = (None, captured) if appended else (captured, None)
             with torch.no_grad():
-                hidden = self._compress(attention)
+                hidden = self._compress(attention, window)
                 if hidden is not None and output is not None:
                     # The drafts' hidden states, recomputed over the compressed prompt (see _compress).
                     last = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -156,12 +158,20 @@ class PromptCompression:
             )
         return capture.scores
 
-    def compress(self, attention: dict[int, torch.Tensor] | None = None) -> None:
+    def compress(
+        self,
+        attention: dict[int, torch.Tensor] | None = None,
+        window: dict[int, torch.Tensor] | None = None,
+    ) -> None:
         """Score the prefilled prompt and keep the top entries per KV head (done automatically after
-        prefill unless ``compress=False``). ``attention`` overrides the captured attention."""
-        self._compress(attention)
+        prefill unless ``compress=False``). ``attention`` overrides the captured attention;
+        ``window`` is the last prompt queries' attention for scorers that mix it in
+        (:meth:`~judgeq_cache.scorers.Scorer.captured_window`)."""
+        self._compress(attention, window)
 
-    def _compress(self, attention: dict[int, torch.Tensor] | None) -> torch.Tensor | None:
+    def _compress(
+        self, attention: dict[int, torch.Tensor] | None, window: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """:meth:`compress`; returns the drafts' hidden states recomputed over the compressed prompt
         (``[B, c, hidden]``) when the prefill forward carried candidate tokens, else None."""
         if self._prefill is None:
@@ -187,7 +197,13 @@ class PromptCompression:
                 scores = None if attention is None else attention.get(layer_idx)
                 layer = self.layers[layer_idx]
                 kept = eviction.evict_layer(
-                    layer_idx, layer, row_budgets, self.scorer, scores, prefill.key_mask
+                    layer_idx,
+                    layer,
+                    row_budgets,
+                    self.scorer,
+                    scores,
+                    prefill.key_mask,
+                    None if window is None else window.get(layer_idx),
                 )
                 if kept is not None:
                     self.kept_indices[layer_idx] = kept

@@ -93,22 +93,24 @@ class SharedPrefill:
         """A compressed copy of the prefilled cache, ready for decoding."""
         scorer = make_scorer(scorer, **options)
         cache = self._base.fork(budget, scorer)
-        attention = None
-        if scorer.query_source == "window":
-            size = min(scorer.window_size, self.prompt_length)
+        attention = window = None
+        if scorer.captured_window():
+            size = min(scorer.captured_window(), self.prompt_length)
             if size not in self.attention["window"]:
                 raise ValueError(
                     f"{scorer.name} uses a {scorer.window_size}-query window but this prefill captured "
                     f"{self.window_sizes}; pass window_size={scorer.window_size} to SharedPrefill"
                 )
-            attention = self.attention["window"][size]
+            window = self.attention["window"][size]
+        if scorer.query_source == "window":
+            attention, window = window, None
         elif scorer.query_source == "all":
             attention = self.attention["all"]
             if attention is None:
                 raise ValueError(
                     f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)"
                 )
-        cache.compress(attention)
+        cache.compress(attention, window)
         return cache
 
     def stack(self, caches: Sequence[EvictionCache]) -> EvictionCache:

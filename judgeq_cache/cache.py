@@ -119,6 +119,7 @@ class EvictionCache(PromptCompression, DynamicCache):
         self.compression_seconds = 0.0
         self._prefill: PrefillRecord | None = None
         self._capture: AttentionCapture | None = None
+        self._window: dict[int, torch.Tensor] | None = None
         self._compressed = False
         self._dry = False
         self._drafts: Drafts | None = None
@@ -158,6 +159,7 @@ class EvictionCache(PromptCompression, DynamicCache):
         self.prompt_length = 0
         self._prefill = None
         self._drafts = None
+        self._window = None
         self._compressed = False
 
     # ------------------------------------------------------------------ public surface
@@ -231,7 +233,7 @@ class EvictionCache(PromptCompression, DynamicCache):
             **scorer_options,
         )
         twin.layers = [copy_layer(layer) for layer in self.layers]
-        twin._prefill, twin._drafts = self._prefill, self._drafts
+        twin._prefill, twin._drafts, twin._window = self._prefill, self._drafts, self._window
         twin.prompt_length = self.prompt_length
         return twin
 

@@ -53,6 +53,7 @@ class PromptCompression:
     _prefill: PrefillRecord | None
     _drafts: Drafts | None
     _capture: AttentionCapture | None
+    _window: dict[int, torch.Tensor] | None  # last prompt queries' attention for hybrid scorers
     _compressed: bool
     _dry: bool
     _logits_to_keep: Any
@@ -71,13 +72,16 @@ class PromptCompression:
         if self._dry or self._prefill is not None or self.get_seq_length() > 0:
             return
         prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep)
-        evicts = self.auto_compress and eviction.any_evicts(self._row_budgets(prefill), prefill)
+        would_evict = eviction.any_evicts(self._row_budgets(prefill), prefill)
+        evicts = self.auto_compress and would_evict
         if evicts:
             check_generate_mode(self._model, self.layers, 0 if drafts is None else drafts.count)
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
         source = self.scorer.query_source
-        if evicts and (source in ("window", "all") or self.scorer.captured_window()):
+        # A hybrid scorer's window is captured even with compress=False: a later compress() needs it.
+        mixes_window = source == "appended" and self.scorer.captured_window() and would_evict
+        if (evicts and source in ("window", "all")) or mixes_window:
             window = min(self.scorer.captured_window() or n, n) if source != "all" else n
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
@@ -92,12 +96,13 @@ class PromptCompression:
         capture, self._capture = self._capture, None
         if capture is not None:
             capture.__exit__(None, None, None)
+        captured = capture.scores if capture is not None and succeeded else None
+        appended = self.scorer.query_source == "appended"
+        if appended:
+            self._window = captured
         if succeeded and self.auto_compress:
-            captured = capture.scores if capture is not None else None
-            appended = self.scorer.query_source == "appended"
-            attention, window = (None, captured) if appended else (captured, None)
             with torch.no_grad():
-                hidden = self._compress(attention, window)
+                hidden = self._compress(None if appended else captured)
                 if hidden is not None and output is not None:
                     # The drafts' hidden states, recomputed over the compressed prompt (see _compress).
                     last = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -178,6 +183,7 @@ class PromptCompression:
             raise RuntimeError("nothing to compress: run the prompt through the model with this cache first")
         if self._compressed:
             raise RuntimeError("this cache was already compressed")
+        window = self._window if window is None else window
         start = time.perf_counter()
         prefill = self._prefill
         budgets = self._row_budgets(prefill)

@@ -226,4 +226,4 @@ def test_hybrid_judgeq_mixes_the_last_querys_attention_and_prefill_sharing_agree
     for layer in cache.evictable_layers:
         assert torch.equal(copy.kept_indices[layer], cache.kept_indices[layer])
     with pytest.raises(ValueError, match="window_size"):
-        JudgeQCache(model, adapter, 10, window_weight=0.5)
+        JudgeQCache(model, adapter, 10, window_weight=0.5, window_size=0)

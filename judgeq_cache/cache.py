@@ -133,6 +133,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self.compression_seconds = 0.0
         self._prefill: PrefillRecord | None = None
         self._capture: AttentionCapture | None = None
+        self._window: dict[int, torch.Tensor] | None = None
         self._compressed = False
         self._dry = False
         self._drafts: Drafts | None = None
@@ -178,6 +179,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self.prompt_length = 0
         self._prefill = None
         self._drafts = None
+        self._window = None
         self._compressed = False
         self._chunks = None
         self._decode_budgets = None
@@ -261,7 +263,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
             **scorer_options,
         )
         twin.layers = [copy_layer(layer) for layer in self.layers]
-        twin._prefill, twin._drafts = self._prefill, self._drafts
+        twin._prefill, twin._drafts, twin._window = self._prefill, self._drafts, self._window
         twin.prompt_length = self.prompt_length
         return twin
 

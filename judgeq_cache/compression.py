@@ -61,6 +61,7 @@ class PromptCompression(triggers.EvictionTriggers):
     _prefill: PrefillRecord | None
     _drafts: Drafts | None
     _capture: AttentionCapture | None
+    _window: dict[int, torch.Tensor] | None  # last prompt queries' attention for hybrid scorers
     _compressed: bool
     _dry: bool
     _logits_to_keep: Any
@@ -97,7 +98,8 @@ class PromptCompression(triggers.EvictionTriggers):
         else:
             self._chunks = triggers.generate_chunks(self._model, prefill.length)
         chunked = self._chunks is not None
-        evicts = self.auto_compress and (chunked or eviction.any_evicts(self._row_budgets(prefill), prefill))
+        would_evict = chunked or eviction.any_evicts(self._row_budgets(prefill), prefill)
+        evicts = self.auto_compress and would_evict
         if evicts or self._decode is not None:
             every = None if self._decode is None else self._decode.every
             count = 0 if drafts is None else drafts.count
@@ -105,8 +107,10 @@ class PromptCompression(triggers.EvictionTriggers):
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
         source = self.scorer.query_source
-        if evicts and source in ("window", "all"):
-            window = min(self.scorer.window_size or n, n) if source == "window" else n
+        # A hybrid scorer's window is captured even with compress=False: a later compress() needs it.
+        mixes_window = source == "appended" and self.scorer.captured_window() and would_evict
+        if (evicts and source in ("window", "all")) or mixes_window:
+            window = min(self.scorer.captured_window() or n, n) if source != "all" else n
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
 
@@ -122,19 +126,22 @@ class PromptCompression(triggers.EvictionTriggers):
         if capture is not None:
             capture.__exit__(None, None, None)
         step, self._step = self._step, None
-        attention = capture.scores if capture is not None else None
+        captured = capture.scores if capture is not None and succeeded else None
+        appended = self.scorer.query_source == "appended"
         if self._compressed:
             if succeeded and step is not None:
-                self._after_decode_step(step, attention)
+                self._after_decode_step(step, captured)
             return
+        if appended:
+            self._window = captured
         if not succeeded:
             return
         if self._chunks is not None:
-            self._after_chunk(attention)
+            self._after_chunk(None if appended else captured)
             return
         if self.auto_compress:
             with torch.no_grad():
-                hidden = self._compress(attention)
+                hidden = self._compress(None if appended else captured)
                 if hidden is not None and output is not None:
                     # The drafts' hidden states, recomputed over the compressed prompt (see _compress).
                     last = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -203,25 +210,34 @@ class PromptCompression(triggers.EvictionTriggers):
             )
         return capture.scores
 
-    def compress(self, attention: dict[int, torch.Tensor] | None = None) -> None:
+    def compress(
+        self,
+        attention: dict[int, torch.Tensor] | None = None,
+        window: dict[int, torch.Tensor] | None = None,
+    ) -> None:
         """Score the prefilled prompt and keep the top entries per KV head (done automatically after
-        prefill unless ``compress=False``). ``attention`` overrides the captured attention."""
-        self._compress(attention)
+        prefill unless ``compress=False``). ``attention`` overrides the captured attention;
+        ``window`` is the last prompt queries' attention for scorers that mix it in
+        (:meth:`~judgeq_cache.scorers.Scorer.captured_window`)."""
+        self._compress(attention, window)
 
-    def _compress(self, attention: dict[int, torch.Tensor] | None) -> torch.Tensor | None:
+    def _compress(
+        self, attention: dict[int, torch.Tensor] | None, window: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """:meth:`compress`; returns the drafts' hidden states recomputed over the compressed prompt
         (``[B, c, hidden]``) when the prefill forward carried candidate tokens, else None."""
         if self._prefill is None:
             raise RuntimeError("nothing to compress: run the prompt through the model with this cache first")
         if self._compressed:
             raise RuntimeError("this cache was already compressed")
+        window = self._window if window is None else window
         start = time.perf_counter()
         prefill = self._prefill
         budgets = self._row_budgets(prefill)
         hidden = None
         if eviction.any_evicts(budgets, prefill):
             drafts = set_aside_drafts(self.layers, prefill, self._drafts)
-            self._evict_stored(budgets, attention)
+            self._evict_stored(budgets, attention, window)
             self._compressed = True
             if drafts is not None:
                 hidden = rerun_drafts(self._base_model, self._cache_kwarg, self, drafts)
@@ -243,10 +259,16 @@ class PromptCompression(triggers.EvictionTriggers):
         mask = eviction.stored_key_mask(self.layers[layer_idx], self._prefill)
         return mask if new is None else torch.cat([mask, new.to(mask.device)], dim=-1)
 
-    def _evict_stored(self, budgets: list[list[int]], attention: dict[int, torch.Tensor] | None) -> None:
+    def _evict_stored(
+        self,
+        budgets: list[list[int]],
+        attention: dict[int, torch.Tensor] | None,
+        window: dict[int, torch.Tensor] | None = None,
+    ) -> None:
         """The one eviction path of every trigger: each evictable layer keeps ``budgets`` (``[layer][row]``)
         of the entries it stores now, chosen by the scorer (``attention``: captured scores over the
-        stored entries; the scoring pass runs here for scorers with appended tokens)."""
+        stored entries; the scoring pass runs here for scorers with appended tokens; ``window``: the
+        last queries' attention that hybrid scorers mix in)."""
         masks = {i: self._stored_mask(i) for i in self._evictable}
         due = [
             (i, rows)
@@ -268,7 +290,8 @@ class PromptCompression(triggers.EvictionTriggers):
             layer = self.layers[layer_idx]
             positions = eviction.stored_positions(layer, self.kept_indices.get(layer_idx))
             scores = None if attention is None else attention.get(layer_idx)
-            kept = eviction.evict_layer(layer_idx, layer, rows, self.scorer, scores, masks[layer_idx])
+            recent = None if window is None else window.get(layer_idx)
+            kept = eviction.evict_layer(layer_idx, layer, rows, self.scorer, scores, masks[layer_idx], recent)
             if kept is None:
                 continue
             if positions is None:  # a stacked cache: the positions of its kept slots are not known

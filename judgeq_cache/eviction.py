@@ -86,6 +86,7 @@ def evict_layer(
     scorer: Scorer,
     attention: torch.Tensor | None,
     key_mask: torch.Tensor,
+    window_attention: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Keep ``row_budgets`` entries of each row of ``layer``, chosen by ``scorer`` from the layer's
     ``attention`` scores (if its queries were captured) and ``key_mask`` ``[B, N]`` over its stored
@@ -101,6 +102,7 @@ def evict_layer(
         attention=attention,
         key_mask=key_mask,
         budget=max(row_budgets),
+        window_attention=window_attention,
     )
     if len(set(row_budgets)) == 1:
         indices, visible = scorer.select(inputs), None
@@ -127,6 +129,7 @@ def select_rows(
             keys=inputs.keys[b : b + 1],
             values=inputs.values[b : b + 1],
             attention=None if inputs.attention is None else inputs.attention[b : b + 1],
+            window_attention=None if inputs.window_attention is None else inputs.window_attention[b : b + 1],
             key_mask=inputs.key_mask[b : b + 1],
             budget=budget,
         )

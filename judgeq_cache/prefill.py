@@ -28,7 +28,8 @@ class SharedPrefill:
     input_ids : LongTensor ``[B, N]``
     attention_mask : Tensor ``[B, N]``, optional
     window_size : int or sequence of int
-        Last-window sizes captured for window scorers (SnapKV/PyramidKV use 32, TOVA 1).
+        Last-window sizes captured for window scorers (SnapKV/PyramidKV use 32); the last query
+        alone (TOVA, Judge Q's hybrid score) is always captured too.
     all_queries : bool
         Also capture every prompt query's attention (for H2O; costs one extra attention computation).
     """
@@ -51,6 +52,7 @@ class SharedPrefill:
         self.attention_mask = attention_mask
         n = input_ids.shape[1]
         sizes = [window_size] if isinstance(window_size, int) else list(window_size)
+        sizes.append(1)  # the last query, always: TOVA and Judge Q's default hybrid score read it
         self.window_sizes = sorted({min(w, n) for w in sizes})
         self._base = EvictionCache(model, 1, "random", compress=False)
         mask = None if attention_mask is None else attention_mask.bool()
@@ -93,22 +95,24 @@ class SharedPrefill:
         """A compressed copy of the prefilled cache, ready for decoding."""
         scorer = make_scorer(scorer, **options)
         cache = self._base.fork(budget, scorer)
-        attention = None
-        if scorer.query_source == "window":
-            size = min(scorer.window_size, self.prompt_length)
+        attention = window = None
+        if scorer.captured_window():
+            size = min(scorer.captured_window(), self.prompt_length)
             if size not in self.attention["window"]:
                 raise ValueError(
                     f"{scorer.name} uses a {scorer.window_size}-query window but this prefill captured "
                     f"{self.window_sizes}; pass window_size={scorer.window_size} to SharedPrefill"
                 )
-            attention = self.attention["window"][size]
+            window = self.attention["window"][size]
+        if scorer.query_source == "window":
+            attention, window = window, None
         elif scorer.query_source == "all":
             attention = self.attention["all"]
             if attention is None:
                 raise ValueError(
                     f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)"
                 )
-        cache.compress(attention)
+        cache.compress(attention, window)
         return cache
 
     def stack(self, caches: Sequence[EvictionCache]) -> EvictionCache:

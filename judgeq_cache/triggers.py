@@ -123,6 +123,7 @@ class EvictionTriggers:
     _decode_scores: QueryScores
     _decode_budgets: list[list[int]] | None
     _step: PrefillRecord | None
+    _window: dict[int, torch.Tensor] | None
 
     def _start_step(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """A forward into a prefilled cache: a prefill chunk, or tokens added after the prefill (their
@@ -138,10 +139,15 @@ class EvictionTriggers:
         else:
             return
         source = self.scorer.query_source
-        if source not in ("window", "all") or (chunk and not self.auto_compress):
+        hybrid = source == "appended" and self.scorer.captured_window() > 0
+        if source not in ("window", "all") and not hybrid:
+            return
+        if chunk and not self.auto_compress and not hybrid:  # (a hybrid's later compress() needs it)
             return
         masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
-        window = step.length if source == "all" or not chunk else min(self.scorer.window_size, step.length)
+        window = step.length
+        if chunk and source != "all":
+            window = min(self.scorer.captured_window(), step.length)
         plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
         self._capture = AttentionCapture(self._attn_names, plan).__enter__()
 
@@ -150,7 +156,7 @@ class EvictionTriggers:
         if self.auto_compress:
             start = time.perf_counter()
             with torch.no_grad():
-                self._evict_stored(self._row_budgets(self._prefill), attention)
+                self._evict_stored(self._row_budgets(self._prefill), attention, self._window)
             self.compression_seconds += time.perf_counter() - start
         if self._chunks.ends_at(self._prefill.length):
             self._finish_chunks()
@@ -197,8 +203,11 @@ class EvictionTriggers:
             self._decode_budgets = eviction.decode_budgets(
                 self.scorer, self.budget, self._prefill, len(self._evictable)
             )
-        attention = self._decode_scores.mean()
+        queries = self._decode_scores.mean()
         self._decode_scores.clear()
         start = time.perf_counter()
-        self._evict_stored(self._decode_budgets, attention)
+        if self.scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
+            self._evict_stored(self._decode_budgets, None, queries)
+        else:
+            self._evict_stored(self._decode_budgets, queries)
         self.compression_seconds += time.perf_counter() - start

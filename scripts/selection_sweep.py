@@ -58,21 +58,28 @@ def dev_prompts(tokenizer, samples: int, seed: int, length: int, settings) -> li
 
 
 def selections(adapter) -> dict[str, tuple]:
-    """name -> (scorer, source, weight of TOVA's last-query attention in a hybrid)."""
+    """name -> (scorer, scores it ranks, hybrid: (weight, which window's attention is mixed in))."""
     out = {}
     for shared, kernel, recent in itertools.product((False, True), (1, 3, 7), (8, 32)):
         name = f"judgeq {'shared' if shared else 'per-head'} pool{kernel} recent{recent}"
         scorer = make_scorer(
             "judgeq", adapter=adapter, shared_heads=shared, pooling_kernel=kernel, recent_tokens=recent
         )
-        out[name] = (scorer, "soft", 0.0)
-    for weight in (0.25, 0.5):
-        scorer = make_scorer("judgeq", adapter=adapter, shared_heads=True, pooling_kernel=7, recent_tokens=8)
-        out[f"hybrid judgeq+tova w={weight} shared pool7 recent8"] = (scorer, "soft", weight)
-    out["snapkv"] = (make_scorer("snapkv"), "window", 0.0)
-    out["snapkv shared"] = (make_scorer("snapkv", shared_heads=True), "window", 0.0)
-    out["tova"] = (make_scorer("tova"), "last", 0.0)
-    out["streamingllm"] = (make_scorer("streamingllm"), "window", 0.0)
+        out[name] = (scorer, "soft", None)
+    for shared, (weight, window) in itertools.product(
+        (False, True), ((0.25, "last"), (0.5, "last"), (0.75, "last"), (0.5, "window"))
+    ):
+        scorer = make_scorer(
+            "judgeq", adapter=adapter, shared_heads=shared, pooling_kernel=7, recent_tokens=8
+        )
+        size = 1 if window == "last" else 32
+        label = f"hybrid judgeq + last-{size} w={weight} {'shared' if shared else 'per-head'} pool7 recent8"
+        out[label] = (scorer, "soft", (weight, window))
+    out["snapkv"] = (make_scorer("snapkv"), "window", None)
+    out["snapkv shared"] = (make_scorer("snapkv", shared_heads=True), "window", None)
+    out["tova"] = (make_scorer("tova"), "last", None)
+    out["streamingllm"] = (make_scorer("streamingllm"), "window", None)
+    out["oracle shared (no pooling)"] = (make_scorer("oracle", shared_heads=True), "target", None)
     return out
 
 
@@ -107,22 +114,23 @@ def main() -> None:
             with torch.no_grad():
                 soft, _ = _soft_attention(model, adapter, example, grad=False)
             n = example.input_ids.shape[1]
-            sources = {"soft": soft, "window": example.window, "last": example.last}
+            sources = {"soft": soft, "window": example.window, "last": example.last, "target": example.target}
             setting = example.meta["setting"]
             for budget in budgets:
                 k = max(1, round(budget * n))
                 oracle = {layer: select_indices(t.float(), k) for layer, t in example.target.items()}
                 cells = {"oracle per-head (no pooling)": needle_recall(oracle, example.needles)}
-                for name, (scorer, source, weight) in selections(adapter).items():
+                for name, (scorer, source, hybrid) in selections(adapter).items():
                     kept = {}
                     for layer in example.target:
                         scores = sources[source][layer].float()
-                        if weight:
-                            scores = (1 - weight) * scores + weight * example.last[layer].float()
+                        if hybrid:
+                            weight, window = hybrid
+                            scores = (1 - weight) * scores + weight * sources[window][layer].float()
                         kept[layer] = _kept(scorer, scores, k)
                     cells[name] = needle_recall(kept, example.needles)
                 for name, value in cells.items():
-                    label = name if name.startswith(("judgeq", "hybrid")) else name
+                    label = name if name.startswith(("judgeq", "hybrid")) else f"(baseline) {name}"
                     row = results.setdefault(f"{Path(path).name}: {label}", {})
                     row.setdefault(f"{setting}@{budget:.0%}", []).append(value)
     table = {name: {cell: sum(v) / len(v) for cell, v in row.items()} for name, row in results.items()}

@@ -376,3 +376,22 @@ def test_rows_repeated_after_compression_carry_their_state_into_decode_eviction(
     )
     assert out.shape == (2, 46)
     assert cache.kept_indices[0].shape == (4, 2, 10) and cache.layers[0].stored_length <= 10 + 4
+
+
+def test_chunked_generate_with_compress_false_then_compress_equals_one_shot():
+    """compress=False: the chunks are stored whole (with the hybrid Judge Q's last-query window of the
+    last chunk) and a later compress() selects exactly what a one-shot prefill selects."""
+    model = make_model("llama")
+    ids = prompt(length=LENGTH)
+    later = build_cache(model, "judgeq", BUDGET, compress=False)
+    model.generate(
+        ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=CHUNK, **cache_kwargs(model, later)
+    )
+    assert later.layers[0].stored_length == LENGTH and not later.is_compressed
+    later.compress()
+    one_shot = build_cache(model, "judgeq", BUDGET)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, one_shot))
+    assert one_shot.scorer.window_weight > 0  # the hybrid default: its window came from the last chunk
+    for layer, kept in one_shot.kept_indices.items():
+        assert torch.equal(later.kept_indices[layer], kept)

@@ -69,7 +69,7 @@ def test_shared_heads_keep_the_same_positions_in_every_head(scorer):
     model = make_model("qwen2")  # 2 KV heads
     ids = prompt(batch=2, length=64)
     step = prompt(batch=2, length=1, seed=2)
-    per_head = build_cache(model, scorer, 0.5)
+    per_head = build_cache(model, scorer, 0.5, shared_heads=False)
     shared = build_cache(model, scorer, 0.5, shared_heads=True)
     with torch.no_grad():
         model(input_ids=ids, **cache_kwargs(model, per_head))

@@ -195,3 +195,35 @@ def test_metric_agreement_separates_a_predictive_metric_from_noise():
     assert good.auc == 1.0 and good.correlation == pytest.approx(1.0) and good.n == 20
     assert metric_agreement(rows, "hit_rate").auc == 0.5
     assert metric_agreement(rows[:3], "needle_recall") is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_hybrid_judgeq_mixes_the_last_querys_attention_and_prefill_sharing_agrees(arch):
+    """window_weight mixes the last prompt query's attention (captured in the prefill) into the soft
+    tokens' scores: the cache keeps the top of exactly that mix, and a SharedPrefill copy keeps the same."""
+    from judgeq_cache.prefill import SharedPrefill
+
+    model = make_model(arch)
+    adapter = JudgeQAdapter.init_for(model, 4)
+    ids = torch.randint(3, 128, (1, 50), generator=torch.Generator().manual_seed(4))
+    options = dict(window_size=1, window_weight=0.5, shared_heads=True, pooling_kernel=1, recent_tokens=0)
+    cache = JudgeQCache(model, adapter, 10, **options)
+    with torch.no_grad():
+        model(ids, use_cache=True, **cache_kwargs(model, cache))
+    # reference: soft attention from a compress=False copy, last-query attention from a capture
+    ref = JudgeQCache(model, adapter, 10, compress=False)
+    capture = ref.query_capture(slice(49, None), 49, 50, None)
+    with torch.no_grad(), capture:
+        model(ids, use_cache=True, **cache_kwargs(model, ref))
+    soft = ref.appended_attention(ref.scorer.appended_inputs(1, model))
+    for layer in cache.evictable_layers:
+        mix = (0.5 * soft[layer] + 0.5 * capture.scores[layer]).mean(1)[0]
+        mix[:4] = float("inf")  # sinks
+        expected = mix.topk(10).indices.sort().values
+        assert torch.equal(cache.kept_indices[layer][0, 0], expected)
+    shared = SharedPrefill(model, ids, window_size=(32, 1))
+    copy = shared.cache(10, "judgeq", adapter=adapter, **options)
+    for layer in cache.evictable_layers:
+        assert torch.equal(copy.kept_indices[layer], cache.kept_indices[layer])
+    with pytest.raises(ValueError, match="window_size"):
+        JudgeQCache(model, adapter, 10, window_weight=0.5, window_size=0)

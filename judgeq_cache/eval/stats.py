@@ -125,4 +125,6 @@ def metric_agreement(records: Iterable[Record], field: str) -> MetricAgreement |
     if len(right) < 2 or len(wrong) < 2:
         return None
     greater = (right[:, None] > wrong[None, :]).mean() + 0.5 * (right[:, None] == wrong[None, :]).mean()
-    return MetricAgreement(float(np.corrcoef(values, scores)[0, 1]), float(greater), len(values))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant metric has no correlation (nan)
+        correlation = float(np.corrcoef(values, scores)[0, 1])
+    return MetricAgreement(correlation, float(greater), len(values))

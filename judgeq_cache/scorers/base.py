@@ -43,6 +43,9 @@ class LayerInputs:
         Mean attention of the scorer's queries over the prompt (fp32); None for ``"none"`` scorers.
     key_mask : bool Tensor ``[B, N]``
         ``False`` marks padding.
+    window_attention : Tensor ``[B, Hkv, N]`` or None
+        For scorers that mix in the last prompt queries' attention (see
+        :meth:`Scorer.captured_window`): that attention, captured during the prefill.
     budget : int
         Entries this layer keeps per head.
     """
@@ -53,6 +56,7 @@ class LayerInputs:
     attention: torch.Tensor | None
     key_mask: torch.Tensor
     budget: int
+    window_attention: torch.Tensor | None = None
 
 
 @dataclass(kw_only=True)
@@ -113,6 +117,11 @@ class Scorer(ABC):
             pooling_kernel=self.pooling_kernel,
             pooling=self.pooling,
         )
+
+    def captured_window(self) -> int:
+        """Last prompt queries whose attention the cache captures during the prefill for this scorer
+        (``window_size`` for ``"window"`` scorers, 0 otherwise)."""
+        return self.window_size if self.query_source == "window" else 0
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
         """``(sinks, recent)`` entries always kept for a layer keeping ``budget`` entries."""

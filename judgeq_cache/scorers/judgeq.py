@@ -10,7 +10,7 @@ from torch import nn
 
 from ..adapter import JudgeQAdapter
 from .attention import AttentionScorer
-from .base import QuerySource
+from .base import LayerInputs, QuerySource
 
 
 @dataclass(kw_only=True)
@@ -22,11 +22,21 @@ class JudgeQScorer(AttentionScorer):
     """
 
     adapter: JudgeQAdapter | None = field(default=None, repr=False)
+    #: Defaults chosen on a dev split (needle tasks, seed 1; docs/selection.md): the same positions in
+    #: every KV head of a layer, max-pool 7, and a quarter of the score from the last prompt query's
+    #: attention (TOVA's signal). ``shared_heads=False, window_weight=0`` is the paper's per-head
+    #: soft-token selection.
+    shared_heads: bool = True
     pooling_kernel: int = 7
     #: Our choice (the paper is silent): keep 4 attention sinks and the last 8 prompt tokens (the chat
     #: template's assistant header), a few dozen bytes that decoding always needs.
     sink_tokens: int = 4
     recent_tokens: int = 8
+    #: Hybrid score: ``(1 - w) * soft + w * window``, where ``window`` is the attention of the last
+    #: ``window_size`` prompt queries captured during the prefill (``window_size=1``: TOVA's last
+    #: query). 0 = the soft tokens alone (the paper's).
+    window_weight: float = 0.25
+    window_size: int = 1
     name: ClassVar[str] = "judgeq"
     query_source: ClassVar[QuerySource] = "appended"
 
@@ -37,6 +47,24 @@ class JudgeQScorer(AttentionScorer):
                 "JudgeQScorer needs a JudgeQAdapter: JudgeQAdapter.from_pretrained(path) or "
                 f"JudgeQAdapter.init_for(model), got {type(self.adapter).__name__}"
             )
+        if not 0.0 <= self.window_weight < 1.0:
+            raise ValueError(f"window_weight must lie in [0, 1), got {self.window_weight}")
+        if self.window_weight and self.window_size < 1:
+            raise ValueError("window_weight > 0 mixes in the last prompt queries: set window_size >= 1")
+
+    def captured_window(self) -> int:
+        return self.window_size if self.window_weight else 0
+
+    def score(self, inputs: LayerInputs) -> torch.Tensor:
+        soft = super().score(inputs)
+        if not self.window_weight:
+            return soft
+        if inputs.window_attention is None:
+            raise RuntimeError(
+                "judgeq with window_weight > 0 needs the last prompt queries' attention, captured during "
+                "the prefill; with compress=False pass it to compress(window=...)"
+            )
+        return (1 - self.window_weight) * soft + self.window_weight * inputs.window_attention
 
     def appended_length(self) -> int:
         return self.adapter.num_soft_tokens

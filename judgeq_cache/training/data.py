@@ -71,6 +71,7 @@ class Example:
     target: dict[int, torch.Tensor]  # {layer: [B, Hkv, N]} fp32, response attention over the prompt
     cache: JudgeQCache | None = None  # prefilled (keep_prefill) or None (re-prefilled per step)
     window: dict[int, torch.Tensor] | None = None  # SnapKV last-window attention (held-out only)
+    last: dict[int, torch.Tensor] | None = None  # last prompt query's attention (TOVA; held-out only)
 
     @property
     def lengths(self) -> list[int]:
@@ -87,16 +88,20 @@ def _prefill(
     input_ids: torch.Tensor,
     mask: torch.Tensor,
     window_size: int = 0,
-) -> tuple[JudgeQCache, torch.Tensor, dict[int, torch.Tensor] | None]:
-    """Prefill a ``JudgeQCache(compress=False)``; returns it, the last logits and (optionally) the
-    attention of the last ``window_size`` prompt queries (what SnapKV scores with)."""
+) -> tuple[JudgeQCache, torch.Tensor, dict[int, dict[int, torch.Tensor]] | None]:
+    """Prefill a ``JudgeQCache(compress=False)``; returns it, the last logits and (optionally)
+    ``{window_size: ..., 1: ...}``: the attention of the last ``window_size`` prompt queries (what
+    SnapKV scores with) and of the last one (TOVA's)."""
     cache = JudgeQCache(model, adapter, budget=0.5, compress=False)
     n = input_ids.shape[1]
-    capture = None
+    captures = {}
     if window_size:
-        w = min(window_size, n)
-        capture = cache.query_capture(slice(n - w, None), n - w, n, mask.bool())
-    with torch.no_grad(), capture if capture is not None else contextlib.nullcontext():
+        for size in {window_size, 1}:
+            w = min(size, n)
+            captures[size] = cache.query_capture(slice(n - w, None), n - w, n, mask.bool())
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for capture in captures.values():
+            stack.enter_context(capture)
         out = model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -105,7 +110,8 @@ def _prefill(
             use_cache=True,
             **{cache.cache_kwarg: cache},
         )
-    return cache, out.logits[:, -1].float(), (capture.scores if capture is not None else None)
+    windows = {size: capture.scores for size, capture in captures.items()} if captures else None
+    return cache, out.logits[:, -1].float(), windows
 
 
 @torch.no_grad()
@@ -270,7 +276,8 @@ def prepare_examples(
                     attention_mask=mask.cpu(),
                     target={k: v.detach() for k, v in target.items()},
                     cache=cache if config.keep_prefill else None,
-                    window=window,
+                    window=None if window is None else window[window_size],
+                    last=None if window is None else window[1],
                 )
             )
         bar.update(len(chunk) + (len(encoded[start : start + config.batch_size]) - len(chunk)))

@@ -15,6 +15,7 @@ from ..hitrate import hit_rate, needle_recall
 from ..scorers import LayerInputs, Scorer, make_scorer
 from .config import TrainConfig
 from .data import Example, _prefill
+from .prepared import WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ def alignment_loss(
 # --------------------------------------------------------------------------- evaluation
 
 
-def _kept(scorer: Scorer, scores: torch.Tensor, k: int) -> torch.Tensor:
-    """What ``scorer`` keeps at ``k`` given its ``scores`` ``[1, Hkv, N]`` (its own selection path)."""
+def _kept(scorer: Scorer, scores: torch.Tensor, k: int, window: torch.Tensor | None = None) -> torch.Tensor:
+    """What ``scorer`` keeps at ``k`` given its ``scores`` ``[1, Hkv, N]`` (and, for hybrid scorers,
+    the last prompt queries' attention ``window``), through its own selection path."""
     key_mask = torch.ones(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
     inputs = LayerInputs(
         layer_idx=0,
@@ -87,6 +89,7 @@ def _kept(scorer: Scorer, scores: torch.Tensor, k: int) -> torch.Tensor:
         attention=scores,
         key_mask=key_mask,
         budget=k,
+        window_attention=window,
     )
     return scorer.select(inputs)
 
@@ -115,11 +118,12 @@ def baseline_scorers(
     adapter: JudgeQAdapter, judgeq_options: dict[str, Any] | None = None
 ) -> dict[str, tuple[Scorer, str]]:
     """The selections the held-out report compares: ``name -> (scorer, which scores it ranks)``."""
-    options = {k: v for k, v in (judgeq_options or {}).items() if k != "shared_heads"}
+    options = {k: v for k, v in (judgeq_options or {}).items() if k not in ("shared_heads", "window_weight")}
+    soft_only = {**options, "window_weight": 0.0}
     return {
         "judgeq": (make_scorer("judgeq", adapter=adapter, **(judgeq_options or {})), "soft"),
-        "judgeq-perhead": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=False), "soft"),
-        "judgeq-shared": (make_scorer("judgeq", adapter=adapter, **options, shared_heads=True), "soft"),
+        "judgeq-perhead": (make_scorer("judgeq", adapter=adapter, **soft_only, shared_heads=False), "soft"),
+        "judgeq-shared": (make_scorer("judgeq", adapter=adapter, **soft_only, shared_heads=True), "soft"),
         "snapkv": (make_scorer("snapkv"), "window"),
         "tova": (make_scorer("tova"), "last"),
         "streamingllm": (make_scorer("streamingllm"), "window"),
@@ -168,10 +172,17 @@ def evaluate_hit_rates(
                 }
                 for name, (scorer, source) in scorers.items():
                     scores = sources[source]
-                    if scores is None:
-                        continue
+                    size = scorer.captured_window() if source == "soft" else 0
+                    window = {0: None, 1: sources["last"], WINDOW: sources["window"]}.get(size)
+                    if scores is None or (size and window is None):
+                        continue  # e.g. a hybrid selection on examples prepared without its window
                     kept = {
-                        layer: _kept(scorer, scores[layer][b : b + 1, :, -n:].float(), k)
+                        layer: _kept(
+                            scorer,
+                            scores[layer][b : b + 1, :, -n:].float(),
+                            k,
+                            None if window is None else window[layer][b : b + 1, :, -n:].float(),
+                        )
                         for layer in critical
                     }
                     rates.setdefault(f"hit_rate/{name}@{budget:.0%}", []).append(hit_rate(kept, critical))

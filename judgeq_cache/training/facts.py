@@ -80,129 +80,130 @@ def _person(rng: random.Random) -> str:
     return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
 
 
-def _phone(rng: random.Random) -> Fact:
-    who, num = _person(rng), f"{rng.randrange(200, 999)}-{rng.randrange(1000, 9999)}"
-    return Fact(
-        f"{who}'s phone number is {num}.",
-        f"What is {who}'s phone number?",
-        f"{who}'s phone number is {num}.",
-        [num],
-    )
+@dataclass(frozen=True)
+class FactKind:
+    """One relation: templates over the fields that ``fields`` draws (in a fixed order, so a seed
+    always gives the same fact); ``values`` name what the answer must contain."""
+
+    sentence: str
+    question: str
+    answer: str
+    values: tuple[str, ...]
+    fields: Callable[[random.Random], dict[str, str]]
+
+    def __call__(self, rng: random.Random) -> Fact:
+        f = self.fields(rng)
+        return Fact(
+            self.sentence.format(**f),
+            self.question.format(**f),
+            self.answer.format(**f),
+            [v.format(**f) for v in self.values],
+        )
 
 
-def _arrival(rng: random.Random) -> Fact:
-    who, town = _person(rng), rng.choice(_TOWNS)
-    date = f"{rng.choice(_MONTHS)} {rng.randrange(1, 29)}, {rng.randrange(1950, 2030)}"
-    return Fact(
-        f"{who} arrived in {town} on {date}.",
-        f"When did {who} arrive in {town}?",
-        f"{who} arrived in {town} on {date}.",
-        [date],
-    )
+def _locker(r: random.Random) -> dict[str, str]:
+    locker, place, item = f"{r.choice('ABCDEFGH')}{r.randrange(10, 99)}", r.choice(_PLACES), r.choice(_ITEMS)
+    return {"locker": locker, "place": place, "item": item, "thing": item.split(" ", 1)[1]}
 
 
-def _locker(rng: random.Random) -> Fact:
-    locker, place, item = (
-        f"{rng.choice('ABCDEFGH')}{rng.randrange(10, 99)}",
-        rng.choice(_PLACES),
-        rng.choice(_ITEMS),
-    )
-    return Fact(
-        f"Locker {locker} at the {place} holds {item}.",
-        f"What does locker {locker} at the {place} hold?",
-        f"Locker {locker} holds {item}.",
-        [item.split(" ", 1)[1]],
-    )
-
-
-def _price(rng: random.Random) -> Fact:
-    good, shop = rng.choice(_GOODS), rng.choice(_SHOPS)
-    price = f"${rng.randrange(1, 9)},{rng.randrange(100, 999)}.{rng.randrange(10, 99)}"
-    return Fact(
-        f"The {good} at {shop} costs {price}.",
-        f"How much does the {good} at {shop} cost?",
-        f"The {good} costs {price}.",
-        [price],
-    )
-
-
-def _password(rng: random.Random) -> Fact:
-    system, word = rng.choice(_SYSTEMS), f"{rng.choice(_CALL)}-{rng.randrange(10, 99)}"
-    return Fact(
-        f"The password of the {system} account is {word}.",
-        f"What is the password of the {system} account?",
-        f"The password is {word}.",
-        [word],
-    )
-
-
-def _gate(rng: random.Random) -> Fact:
-    flight = f"{rng.choice('BKLMQRSUW')}{rng.choice('AEKRTY')} {rng.randrange(100, 9999)}"
-    town, gate = rng.choice(_TOWNS), f"{rng.choice('ABCDEF')}{rng.randrange(1, 40)}"
-    return Fact(
-        f"Flight {flight} to {town} boards at gate {gate}.",
-        f"At which gate does flight {flight} to {town} board?",
-        f"Flight {flight} boards at gate {gate}.",
-        [gate],
-    )
-
-
-def _pet(rng: random.Random) -> Fact:
-    who, animal, name = _person(rng), rng.choice(_ANIMALS), rng.choice(_PETS)
-    return Fact(
-        f"{who} owns a {animal} called {name}.",
-        f"What is the name of {who}'s {animal}?",
-        f"{who}'s {animal} is called {name}.",
-        [name],
-    )
-
-
-def _meeting(rng: random.Random) -> Fact:
-    who = _person(rng)
-    time = f"{rng.randrange(1, 12)}:{rng.randrange(0, 60):02d} {rng.choice(['a.m.', 'p.m.'])}"
-    return Fact(
-        f"The meeting with {who} was moved to {time}.",
-        f"At what time is the meeting with {who}?",
-        f"The meeting with {who} is at {time}.",
-        [time],
-    )
-
-
-def _packing(rng: random.Random) -> Fact:
-    who, town = _person(rng), rng.choice(_TOWNS)
-    things = rng.sample(_PACK, 3)
+def _packing(r: random.Random) -> dict[str, str]:
+    who, town, things = _person(r), r.choice(_TOWNS), r.sample(_PACK, 3)
     listed = f"a {things[0]}, a {things[1]} and a {things[2]}"
-    return Fact(
-        f"For the trip to {town}, {who} packed {listed}.",
-        f"What did {who} pack for the trip to {town}?",
-        f"{who} packed {listed}.",
-        things,
-    )
+    return {"who": who, "town": town, "listed": listed, "a": things[0], "b": things[1], "c": things[2]}
 
 
-def _distance(rng: random.Random) -> Fact:
-    who, landmark, paces = rng.choice(_FIRST), rng.choice(_LANDMARKS), rng.randrange(12, 480)
-    side = rng.choice(["north", "south", "east", "west"])
-    return Fact(
-        f"{who} buried the box {paces} paces {side} of the {landmark}.",
-        f"Where did {who} bury the box?",
-        f"{who} buried the box {paces} paces {side} of the {landmark}.",
-        [f"{paces} paces {side}"],
-    )
-
-
-#: Fact generators (each one relation, template and value format).
-FACT_KINDS: dict[str, Callable[[random.Random], Fact]] = {
-    "phone": _phone,
-    "arrival": _arrival,
-    "locker": _locker,
-    "price": _price,
-    "password": _password,
-    "gate": _gate,
-    "pet": _pet,
-    "meeting": _meeting,
-    "packing": _packing,
-    "distance": _distance,
+#: Fact generators: ten relations, each with its own template and value format.
+FACT_KINDS: dict[str, FactKind] = {
+    "phone": FactKind(
+        "{who}'s phone number is {num}.",
+        "What is {who}'s phone number?",
+        "{who}'s phone number is {num}.",
+        ("{num}",),
+        lambda r: {"who": _person(r), "num": f"{r.randrange(200, 999)}-{r.randrange(1000, 9999)}"},
+    ),
+    "arrival": FactKind(
+        "{who} arrived in {town} on {date}.",
+        "When did {who} arrive in {town}?",
+        "{who} arrived in {town} on {date}.",
+        ("{date}",),
+        lambda r: {
+            "who": _person(r),
+            "town": r.choice(_TOWNS),
+            "date": f"{r.choice(_MONTHS)} {r.randrange(1, 29)}, {r.randrange(1950, 2030)}",
+        },
+    ),
+    "locker": FactKind(
+        "Locker {locker} at the {place} holds {item}.",
+        "What does locker {locker} at the {place} hold?",
+        "Locker {locker} holds {item}.",
+        ("{thing}",),
+        _locker,
+    ),
+    "price": FactKind(
+        "The {good} at {shop} costs {price}.",
+        "How much does the {good} at {shop} cost?",
+        "The {good} costs {price}.",
+        ("{price}",),
+        lambda r: {
+            "good": r.choice(_GOODS),
+            "shop": r.choice(_SHOPS),
+            "price": f"${r.randrange(1, 9)},{r.randrange(100, 999)}.{r.randrange(10, 99)}",
+        },
+    ),
+    "password": FactKind(
+        "The password of the {system} account is {word}.",
+        "What is the password of the {system} account?",
+        "The password is {word}.",
+        ("{word}",),
+        lambda r: {"system": r.choice(_SYSTEMS), "word": f"{r.choice(_CALL)}-{r.randrange(10, 99)}"},
+    ),
+    "gate": FactKind(
+        "Flight {flight} to {town} boards at gate {gate}.",
+        "At which gate does flight {flight} to {town} board?",
+        "Flight {flight} boards at gate {gate}.",
+        ("{gate}",),
+        lambda r: {
+            "flight": f"{r.choice('BKLMQRSUW')}{r.choice('AEKRTY')} {r.randrange(100, 9999)}",
+            "town": r.choice(_TOWNS),
+            "gate": f"{r.choice('ABCDEF')}{r.randrange(1, 40)}",
+        },
+    ),
+    "pet": FactKind(
+        "{who} owns a {animal} called {name}.",
+        "What is the name of {who}'s {animal}?",
+        "{who}'s {animal} is called {name}.",
+        ("{name}",),
+        lambda r: {"who": _person(r), "animal": r.choice(_ANIMALS), "name": r.choice(_PETS)},
+    ),
+    "meeting": FactKind(
+        "The meeting with {who} was moved to {time}.",
+        "At what time is the meeting with {who}?",
+        "The meeting with {who} is at {time}.",
+        ("{time}",),
+        lambda r: {
+            "who": _person(r),
+            "time": f"{r.randrange(1, 12)}:{r.randrange(0, 60):02d} {r.choice(['a.m.', 'p.m.'])}",
+        },
+    ),
+    "packing": FactKind(
+        "For the trip to {town}, {who} packed {listed}.",
+        "What did {who} pack for the trip to {town}?",
+        "{who} packed {listed}.",
+        ("{a}", "{b}", "{c}"),
+        _packing,
+    ),
+    "distance": FactKind(
+        "{who} buried the box {paces} paces {side} of the {landmark}.",
+        "Where did {who} bury the box?",
+        "{who} buried the box {paces} paces {side} of the {landmark}.",
+        ("{paces} paces {side}",),
+        lambda r: {
+            "who": r.choice(_FIRST),
+            "landmark": r.choice(_LANDMARKS),
+            "paces": str(r.randrange(12, 480)),
+            "side": r.choice(["north", "south", "east", "west"]),
+        },
+    ),
 }
 
 

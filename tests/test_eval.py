@@ -239,6 +239,7 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     samples = make_samples("needle_single", 1, 120, tok)
     out = tmp_path / "kv.jsonl"
+
     def run(resume=False):
         return list(
             evaluate_kvpress(
@@ -258,6 +259,7 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
     assert len(recs) == 6 and all(r.source == "kvpress" for r in recs)
     assert all(r.kept_fraction == pytest.approx(0.25, abs=0.02) for r in recs)
     assert run(resume=True) == []
+
 
 # ---------------------------------------------------------------------------- report and plot
 def _fake_records():

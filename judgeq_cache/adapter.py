@@ -17,15 +17,8 @@ import torch
 from torch import nn
 
 from .adapter_card import model_card
-from .adapter_config import (
-    ADAPTER_TYPE,
-    CONFIG_NAME,
-    FORMAT_VERSION,
-    TENSOR_KEY,
-    WEIGHTS_NAME,
-    JudgeQAdapterConfig,
-)
-from .adapter_io import AdapterIOMixin
+from .adapter_config import ADAPTER_TYPE, FORMAT_VERSION, JudgeQAdapterConfig
+from .adapter_io import CONFIG_NAME, TENSOR_KEY, WEIGHTS_NAME, AdapterIOMixin
 from .adapter_signature import model_signature, signature_differences
 from .utils import text_config
 

@@ -99,10 +99,6 @@ class JudgeQAdapterConfig:
 ADAPTER_TYPE = "JUDGEQ"
 #: File-format version of ``adapter_config.json`` + ``adapter_model.safetensors``.
 FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-#: The one tensor in ``adapter_model.safetensors``.
-TENSOR_KEY = "soft_tokens"
 _REQUIRED_KEYS = ("base_model", "model_type", "hidden_size", "num_soft_tokens")
 _FILE_KEYS = {"adapter_type", "format_version"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

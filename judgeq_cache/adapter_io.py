@@ -16,20 +16,18 @@ import torch
 from torch import nn
 
 from .adapter_card import model_card
-from .adapter_config import (
-    _DTYPES,
-    ADAPTER_TYPE,
-    CONFIG_NAME,
-    FORMAT_VERSION,
-    TENSOR_KEY,
-    WEIGHTS_NAME,
-    JudgeQAdapterConfig,
-    logger,
-)
+from .adapter_config import _DTYPES, ADAPTER_TYPE, FORMAT_VERSION, JudgeQAdapterConfig, logger
 from .utils import atomic_write
 
 if TYPE_CHECKING:
     from .adapter import JudgeQAdapter
+
+
+#: PEFT's file names: the config and the weights of an adapter directory.
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+#: The one tensor in ``adapter_model.safetensors``.
+TENSOR_KEY = "soft_tokens"
 
 
 class AdapterIOMixin:

@@ -90,19 +90,8 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor, **options: Any) -> 
     return triton_scoring.attention_scores(query, key, **options)
 
 
-def select_indices(
-    scores: torch.Tensor,
-    k: int,
-    *,
-    key_mask: torch.Tensor | None = None,
-    protected: torch.Tensor | None = None,
-    pooling_kernel: int = 1,
-    pooling: str = "max",
-) -> torch.Tensor:
-    """Per-head top-``k`` indices in original order; see :func:`reference.select_indices`."""
-    return reference.select_indices(
-        scores, k, key_mask=key_mask, protected=protected, pooling_kernel=pooling_kernel, pooling=pooling
-    )
+#: Per-head top-``k`` indices in original order: always the torch reference (see above).
+select_indices = reference.select_indices
 
 
 def gather_kv(

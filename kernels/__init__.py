@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 
@@ -72,20 +73,10 @@ def backend_for(tensor: torch.Tensor) -> str:
     return "torch"
 
 
-def attention_scores(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    *,
-    scaling: float,
-    key_mask: torch.Tensor | None = None,
-    causal_offset: int | None = None,
-    num_out: int | None = None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """Mean attention of ``query`` over ``key`` per KV head; see :func:`reference.attention_scores`."""
-    kwargs = dict(
-        scaling=scaling, key_mask=key_mask, causal_offset=causal_offset, num_out=num_out, softcap=softcap
-    )
+def attention_scores(query: torch.Tensor, key: torch.Tensor, **options: Any) -> torch.Tensor:
+    """Mean attention of ``query`` over ``key`` per KV head: :func:`reference.attention_scores` or
+    its Triton version, which take the same keyword ``options`` (``scaling``, ``key_mask``,
+    ``causal_offset``, ``num_out``, ``softcap``; see :func:`reference.attention_scores`)."""
     if (
         query.requires_grad
         or key.requires_grad
@@ -93,25 +84,14 @@ def attention_scores(
         or key.dtype not in _TRITON_DTYPES
         or backend_for(query) == "torch"
     ):
-        return reference.attention_scores(query, key, **kwargs)
+        return reference.attention_scores(query, key, **options)
     from . import triton_scoring
 
-    return triton_scoring.attention_scores(query, key, **kwargs)
+    return triton_scoring.attention_scores(query, key, **options)
 
 
-def select_indices(
-    scores: torch.Tensor,
-    k: int,
-    *,
-    key_mask: torch.Tensor | None = None,
-    protected: torch.Tensor | None = None,
-    pooling_kernel: int = 1,
-    pooling: str = "max",
-) -> torch.Tensor:
-    """Per-head top-``k`` indices in original order; see :func:`reference.select_indices`."""
-    return reference.select_indices(
-        scores, k, key_mask=key_mask, protected=protected, pooling_kernel=pooling_kernel, pooling=pooling
-    )
+#: Per-head top-``k`` indices in original order: always the torch reference (see above).
+select_indices = reference.select_indices
 
 
 def gather_kv(

@@ -173,13 +173,20 @@ def test_short_row_keeps_all_its_tokens_and_masks_padding():
     assert torch.equal(batched[1, 30:], alone[0, 6:])
 
 
-def test_direct_calls_compress_once_then_questions_continue_positions():
-    """kvpress-style: compress a context with model(...), then ask with explicit and implicit positions."""
+def _snapkv_compressed_context():
+    """A llama model, a 40-token context prefilled into a SnapKV cache at budget 0.25, and a 4-token question."""
     model = make_model("llama")
     ctx, question = prompt(length=40), prompt(length=4, seed=9)
     cache = EvictionCache(model, 0.25, "snapkv", window_size=8)
     with torch.no_grad():
         model(input_ids=ctx, **cache_kwargs(model, cache))
+    return model, ctx, question, cache
+
+
+def test_direct_calls_compress_once_then_questions_continue_positions():
+    """kvpress-style: compress a context with model(...), then ask with explicit and implicit positions."""
+    model, ctx, question, cache = _snapkv_compressed_context()
+    with torch.no_grad():
         assert cache.is_compressed and cache.get_seq_length() == 40
         implicit = model(input_ids=question, **cache_kwargs(model, cache)).logits
     keep = keep_masks(cache.kept_indices, 40)
@@ -197,11 +204,7 @@ def test_direct_calls_compress_once_then_questions_continue_positions():
 
 def test_generate_on_full_ids_after_compression_slices_by_logical_length():
     """generate's multi-turn path slices input_ids with get_seq_length(): it must be the logical length."""
-    model = make_model("llama")
-    ctx, question = prompt(length=40), prompt(length=4, seed=9)
-    cache = EvictionCache(model, 0.25, "snapkv", window_size=8)
-    with torch.no_grad():
-        model(input_ids=ctx, **cache_kwargs(model, cache))
+    model, ctx, question, cache = _snapkv_compressed_context()
     full_ids = torch.cat([ctx, question], dim=1)
     out = model.generate(input_ids=full_ids, max_new_tokens=4, do_sample=False, **cache_kwargs(model, cache))
     assert out.shape[1] == 48

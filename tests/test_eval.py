@@ -239,22 +239,9 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     samples = make_samples("needle_single", 1, 120, tok)
     out = tmp_path / "kv.jsonl"
-    recs = list(
-        evaluate_kvpress(
-            model,
-            tok,
-            samples,
-            settings=SETTINGS,
-            presses=["kvpress-snapkv", "kvpress-knorm"],
-            budgets=[0.25],
-            output=out,
-            progress=False,
-        )
-    )
-    assert len(recs) == 6 and all(r.source == "kvpress" for r in recs)
-    assert all(r.kept_fraction == pytest.approx(0.25, abs=0.02) for r in recs)
-    assert (
-        list(
+
+    def run(resume=False):
+        return list(
             evaluate_kvpress(
                 model,
                 tok,
@@ -263,12 +250,15 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
                 presses=["kvpress-snapkv", "kvpress-knorm"],
                 budgets=[0.25],
                 output=out,
-                resume=True,
+                resume=resume,
                 progress=False,
             )
         )
-        == []
-    )
+
+    recs = run()
+    assert len(recs) == 6 and all(r.source == "kvpress" for r in recs)
+    assert all(r.kept_fraction == pytest.approx(0.25, abs=0.02) for r in recs)
+    assert run(resume=True) == []
 
 
 # ---------------------------------------------------------------------------- report and plot

@@ -36,14 +36,13 @@ from kvpress import (
     StreamingLLMPress,
     TOVAPress,
 )
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .. import utils
 from .layouts import PromptLayout, build_prompt
 from .metrics import score
-from .records import Record, append_record, budget_label, read_records, record_key
-from .runner import decode_answer, size_batches
+from .records import Record, append_record, budget_label
+from .runner import check_known, decode_answer, pending_prompts, size_batches
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
@@ -202,22 +201,20 @@ def evaluate_kvpress(
     (``compression_ratio = 1 - budget / prompt_length``, clipped at 0).
     """
     settings, presses, budgets = list(settings), list(presses), list(budgets)
-    unknown = [p for p in presses if p not in PRESSES]
-    if unknown:
-        raise ValueError(f"unknown presses {unknown}; choose from {sorted(PRESSES)}")
-    done = {r.key for r in read_records(output)} if resume and output is not None else set()
+    check_known(presses, PRESSES, "presses")
     stop = utils.eos_token_ids(model, tokenizer)
     model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    jobs = [(s, setting) for s in samples for setting in settings]
-    for sample, setting in tqdm(jobs, desc="kvpress", unit="prompt", disable=not progress):
-        wanted = [
-            (p, b)
-            for p in presses
-            for b in budgets
-            if record_key(sample.task, sample.index, setting, p, budget_label(b)) not in done
-        ]
-        if not wanted:
-            continue
+    jobs = [(p, b) for p in presses for b in budgets]
+    for sample, setting, wanted in pending_prompts(
+        samples,
+        settings,
+        jobs,
+        lambda press, budget: (press, budget_label(budget)),
+        output=output,
+        resume=resume,
+        desc="kvpress",
+        progress=progress,
+    ):
         prompt = build_prompt(tokenizer, sample, setting)
         shared, prefill_seconds = None, 0.0
         if any(p not in _DEDICATED for p, _ in wanted):

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -185,29 +185,17 @@ def evaluate(
         Also compute the critical-KV hit rate against the oracle (the full cache's own answer).
     """
     settings, methods, budgets = list(settings), list(methods), list(budgets)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
-    done = {r.key for r in read_records(output)} if resume and output is not None else set()
+    check_known(methods, METHODS, "methods")
     stop = eos_ids(model, tokenizer)
     model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    jobs = [(s, setting) for s in samples for setting in settings]
-    for sample, setting in tqdm(jobs, desc="eval", unit="prompt", disable=not progress):
-        wanted = [
-            (m, b)
-            for m in methods
-            for b in ([None] if m == "full" else budgets)
-            if record_key(
-                sample.task,
-                sample.index,
-                setting,
-                label_for(m, adapter_label),
-                "full" if b is None else budget_label(b),
-            )
-            not in done
-        ]
-        if not wanted:
-            continue
+    jobs = [(m, b) for m in methods for b in ([None] if m == "full" else budgets)]
+
+    def labels(method: str, budget: int | float | None) -> tuple[str, str]:
+        return label_for(method, adapter_label), "full" if budget is None else budget_label(budget)
+
+    for sample, setting, wanted in pending_prompts(
+        samples, settings, jobs, labels, output=output, resume=resume, desc="eval", progress=progress
+    ):
         prompt = build_prompt(tokenizer, sample, setting)
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
@@ -257,6 +245,37 @@ def evaluate(
             if output is not None:
                 append_record(output, record)
             yield record
+
+
+def check_known(names: list[str], known: Iterable[str], what: str) -> None:
+    """Raise ``ValueError`` naming the ``names`` that are not in ``known`` (``what``: "methods"...)."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {sorted(known)}")
+
+
+def pending_prompts(
+    samples: Sequence[Sample],
+    settings: list[str],
+    jobs: list[tuple[str, Any]],
+    labels: Callable[[str, Any], tuple[str, str]],
+    *,
+    output: str | os.PathLike | None,
+    resume: bool,
+    desc: str,
+    progress: bool,
+) -> Iterator[tuple[Sample, str, list[tuple[str, Any]]]]:
+    """Every ``(sample, setting)`` prompt, with its ``(method, budget)`` ``jobs`` whose records are not
+    in ``output`` yet (all of them unless ``resume``), under a progress bar; prompts with none left are
+    skipped. ``labels(method, budget)`` gives the method and budget labels of a job's record key."""
+    done = {r.key for r in read_records(output)} if resume and output is not None else set()
+    prompts = [(s, setting) for s in samples for setting in settings]
+    for sample, setting in tqdm(prompts, desc=desc, unit="prompt", disable=not progress):
+        wanted = [
+            job for job in jobs if record_key(sample.task, sample.index, setting, *labels(*job)) not in done
+        ]
+        if wanted:
+            yield sample, setting, wanted
 
 
 def _decode(model, shared, method, budget, adapter, prompt, sample, future):

@@ -7,12 +7,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from ..adapter import JudgeQAdapter
 from ..prompts import Prompt
@@ -21,16 +22,6 @@ from .data import Example, ResponseStore, prepare_examples
 from .objective import _soft_attention, alignment_loss, evaluate_hit_rates
 
 logger = logging.getLogger(__name__)
-
-
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def _save_checkpoint(directory: Path, adapter, optimizer, scheduler, state: dict[str, Any]) -> None:
@@ -177,7 +168,7 @@ def train(
 
     optimizer = torch.optim.AdamW([adapter.rows], lr=config.lr, weight_decay=config.weight_decay)
     warmup = int(config.warmup_ratio * config.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, config.max_steps))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, config.max_steps)
     if resume and (ckpt_dir / TRAINER_STATE).is_file():
         saved = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])

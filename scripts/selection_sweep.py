@@ -63,14 +63,24 @@ def selections(adapter) -> dict[str, tuple]:
     for shared, kernel, recent in itertools.product((False, True), (1, 3, 7), (8, 32)):
         name = f"judgeq {'shared' if shared else 'per-head'} pool{kernel} recent{recent}"
         scorer = make_scorer(
-            "judgeq", adapter=adapter, shared_heads=shared, pooling_kernel=kernel, recent_tokens=recent
+            "judgeq",
+            adapter=adapter,
+            shared_heads=shared,
+            pooling_kernel=kernel,
+            recent_tokens=recent,
+            window_weight=0.0,
         )
         out[name] = (scorer, "soft", None)
     for shared, (weight, window) in itertools.product(
         (False, True), ((0.25, "last"), (0.5, "last"), (0.75, "last"), (0.5, "window"))
     ):
         scorer = make_scorer(
-            "judgeq", adapter=adapter, shared_heads=shared, pooling_kernel=7, recent_tokens=8
+            "judgeq",
+            adapter=adapter,
+            shared_heads=shared,
+            pooling_kernel=7,
+            recent_tokens=8,
+            window_weight=0.0,
         )
         size = 1 if window == "last" else 32
         label = f"hybrid judgeq + last-{size} w={weight} {'shared' if shared else 'per-head'} pool7 recent8"

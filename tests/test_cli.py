@@ -156,3 +156,22 @@ def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "report", str(tmp_path / "r.jsonl"), "--plot", str(tmp_path / "p.png")])
     assert exit_info.value.code == 2 and "pip install matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["judgeq", "judgeq-shared", "judgeq-perhead"])
+def test_every_judgeq_variant_gets_the_adapter(monkeypatch, method):
+    """`eval run --methods judgeq-shared` alone still loads the adapter (it used to pass None)."""
+    import judgeq_cache.eval.runner as runner
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, samples, **kwargs):
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (None, None))
+    monkeypatch.setattr(loading, "load_samples", lambda *a, **k: [])
+    monkeypatch.setattr(loading, "load_adapter", lambda m, path=None: ("ADAPTER", "label"))
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    assert main(["eval", "run", "--output", "o.jsonl", "--methods", method]) == 0
+    assert seen["adapter"] == "ADAPTER"

@@ -168,11 +168,12 @@ def _prepare(args):
 
 def _run(args) -> int:
     from .loading import load_adapter
-    from .runner import evaluate
+    from .runner import evaluate, scorer_of
 
     model, tokenizer, samples, budgets = _prepare(args)
     methods = args.methods
-    adapter, label = load_adapter(model, args.adapter) if "judgeq" in methods else (None, "")
+    needs_adapter = any(scorer_of(m) == "judgeq" for m in methods)  # judgeq-shared, judgeq-perhead too
+    adapter, label = load_adapter(model, args.adapter) if needs_adapter else (None, "")
     n = 0
     for _ in evaluate(
         model,

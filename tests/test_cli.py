@@ -105,8 +105,8 @@ def test_parse_budget_rejects(text):
         parse_budget(text)
 
 
-def test_budget_types_reach_the_harness(monkeypatch):
-    """Integers stay entries per head, decimals stay fractions, all the way to evaluate()."""
+def _harness_spy(monkeypatch) -> dict:
+    """Patch model loading and evaluate(); returns the dict evaluate()'s keyword arguments land in."""
     import judgeq_cache.eval.runner as runner
 
     seen = {}
@@ -118,6 +118,12 @@ def test_budget_types_reach_the_harness(monkeypatch):
     monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (None, None))
     monkeypatch.setattr(loading, "load_samples", lambda *a, **k: [])
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    return seen
+
+
+def test_budget_types_reach_the_harness(monkeypatch):
+    """Integers stay entries per head, decimals stay fractions, all the way to evaluate()."""
+    seen = _harness_spy(monkeypatch)
     argv = ["eval", "run", "--output", "o.jsonl", "--methods", "full,snapkv", "--budgets", "256,0.25,10%"]
     argv += ["--settings", "query-agnostic"]
     assert main(argv) == 0
@@ -161,17 +167,7 @@ def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys
 @pytest.mark.parametrize("method", ["judgeq", "judgeq-shared", "judgeq-perhead"])
 def test_every_judgeq_variant_gets_the_adapter(monkeypatch, method):
     """`eval run --methods judgeq-shared` alone still loads the adapter (it used to pass None)."""
-    import judgeq_cache.eval.runner as runner
-
-    seen = {}
-
-    def fake_evaluate(model, tokenizer, samples, **kwargs):
-        seen.update(kwargs)
-        return iter(())
-
-    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (None, None))
-    monkeypatch.setattr(loading, "load_samples", lambda *a, **k: [])
+    seen = _harness_spy(monkeypatch)
     monkeypatch.setattr(loading, "load_adapter", lambda m, path=None: ("ADAPTER", "label"))
-    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     assert main(["eval", "run", "--output", "o.jsonl", "--methods", method]) == 0
     assert seen["adapter"] == "ADAPTER"

@@ -52,9 +52,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "oracle-shared": {"scorer": "oracle", "shared_heads": True},
 }
 
-#: Last-window sizes the shared prefill captures (SnapKV/PyramidKV: 32, TOVA: 1).
-WINDOW_SIZES = (32, 1)
-
 
 #: Compressed copies decoded together in one batch (at most).
 DECODE_BATCH = 16
@@ -200,7 +197,7 @@ def evaluate(
         n = prompt.compressed.shape[1]
         start = time.perf_counter()
         all_queries = any(scorer_of(m) == "h2o" for m, _ in wanted)
-        shared = SharedPrefill(model, prompt.compressed, window_size=WINDOW_SIZES, all_queries=all_queries)
+        shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
         full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
         needs_oracle = with_hit_rate or any(scorer_of(m) == "oracle" for m, _ in wanted)

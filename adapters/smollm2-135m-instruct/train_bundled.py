@@ -6,7 +6,8 @@
 1. ``--train-prompts`` + ``--heldout-prompts`` retrieval prompts over the bundled books
    (:func:`judgeq_cache.training.facts.fact_prompts`: facts unlike the evaluation needles, asked
    before, after or later), 0.8-2.2k tokens, prefilled once and saved under ``WORK/data/`` (resumable).
-2. Each ``--variants`` entry (``loss:soft_tokens``) trains from the same data; the held-out
+2. Each ``--variants`` entry (``loss:soft_tokens`` or ``loss:soft_tokens:steps``; steps default to
+   ``--steps``) trains from the same data; the held-out
    prompts (training distribution, never evaluation prompts) pick the winner by Judge Q's mean needle
    recall at 10 % and 25 % kept, per-head and shared-heads selection averaged.
 3. The winner is written next to this file with its loss curve, report and model card.
@@ -73,11 +74,12 @@ def main() -> None:
         return
     results = {}
     for variant in args.variants.split(","):
-        loss, tokens = variant.split(":")
+        loss, tokens, *rest = variant.split(":")
+        steps = int(rest[0]) if rest else args.steps
         cfg = TrainConfig(
             loss=loss,
             num_soft_tokens=int(tokens),
-            max_steps=args.steps,
+            max_steps=steps,
             lr=args.lr,
             batch_size=1,
             grad_accum=args.grad_accum,

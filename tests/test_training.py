@@ -255,6 +255,20 @@ def test_train_end_to_end_checkpoint_resume_and_response_cache(tmp_path, tokeniz
         model, tokenizer, prompts[:4], out, cfg6, heldout_prompts=prompts[4:], resume=True, progress=False
     )
     assert report6["steps"] == 6
+    # Resuming a finished run with a fresh adapter passed in continues from the checkpoint's rows.
+    fresh = JudgeQAdapter.init_for(model, cfg6.num_soft_tokens, seed=123)
+    resumed, _ = train(
+        model,
+        tokenizer,
+        prompts[:4],
+        out,
+        cfg6,
+        adapter=fresh,
+        heldout_prompts=prompts[4:],
+        resume=True,
+        progress=False,
+    )
+    torch.testing.assert_close(resumed.rows, JudgeQAdapter.from_pretrained(out / "checkpoint").rows)
     assert len((out / "responses.jsonl").read_text().splitlines()) == 6
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]

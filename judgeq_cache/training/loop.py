@@ -122,13 +122,11 @@ def train(
         p.requires_grad_(False)
 
     state: dict[str, Any] = {"step": 0, "history": [], "wall_seconds": 0.0}
-    if adapter is None:
-        if resume and (ckpt_dir / TRAINER_STATE).is_file():
-            adapter = JudgeQAdapter.from_pretrained(ckpt_dir)
-        else:
-            adapter = JudgeQAdapter.init_for(
-                model, config.num_soft_tokens, seed=config.seed, init=config.init
-            )
+    if resume and (ckpt_dir / TRAINER_STATE).is_file():
+        # A resumed run continues from the checkpoint's rows, also when a fresh adapter is passed.
+        adapter = JudgeQAdapter.from_pretrained(ckpt_dir)
+    elif adapter is None:
+        adapter = JudgeQAdapter.init_for(model, config.num_soft_tokens, seed=config.seed, init=config.init)
     adapter.check_compatible(model)
     device = model.get_input_embeddings().weight.device
     adapter.to(device)

@@ -63,7 +63,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     scorer : str or Scorer
         ``"snapkv"`` (default), ``"streamingllm"``, ``"h2o"``, ``"pyramidkv"``, ``"random"``, ``"oracle"``,
         ``"judgeq"``, or a :class:`~judgeq_cache.scorers.Scorer` instance.
-    compress : bool
+    auto_compress : bool
         Compress automatically when the prefill returns (default). With ``False``, call
         :meth:`compress` yourself (or use :meth:`appended_attention` for analysis and training).
     decode_every : int or None
@@ -97,7 +97,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         budget: int | float | Budget,
         scorer: str | Scorer = "snapkv",
         *,
-        compress: bool = True,
+        auto_compress: bool = True,
         decode_every: int | None = None,
         **scorer_options: Any,
     ) -> None:
@@ -114,7 +114,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
                 "interface (modules named *Attention with a layer_idx); eviction cannot score this model"
             )
         super().__init__(config=model.config)
-        reserve = self.scorer.appended_length() if compress else 0
+        reserve = self.scorer.appended_length() if auto_compress else 0
         self.layers = [
             EvictableLayer(reserve) if type(layer) is DynamicLayer else layer for layer in self.layers
         ]
@@ -127,7 +127,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._base_model = model.base_model
         self._attn_names = attention_implementations(model)
         self._cache_kwarg = utils.cache_kwarg(self._base_model)
-        self.auto_compress = compress
+        self.auto_compress = auto_compress
         self.kept_indices: dict[int, torch.Tensor] = {}
         self.prompt_length = 0
         self.compression_seconds = 0.0
@@ -249,7 +249,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         scorer: str | Scorer | None = None,
         **scorer_options: Any,
     ) -> EvictionCache:
-        """An uncompressed ``EvictionCache(compress=False)`` copy of this prefilled, not yet compressed
+        """An uncompressed ``EvictionCache(auto_compress=False)`` copy of this prefilled, not yet compressed
         cache: same model and prefill, its own copy of every entry, and ``budget``/``scorer`` where
         given (else this cache's; a JudgeQCache's scorer carries its adapter). Compress the copy with
         :meth:`compress` or :meth:`skip_compression`; this cache is left as it is, so one prefill
@@ -259,7 +259,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
             self._model,
             self.budget if budget is None else budget,
             self.scorer if scorer is None else scorer,
-            compress=False,
+            auto_compress=False,
             **scorer_options,
         )
         twin.layers = [copy_layer(layer) for layer in self.layers]
@@ -293,7 +293,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
                 "caches store different numbers of entries per layer and cannot share a batch; "
                 "group them by budget and layer budgets first"
             )
-        merged = EvictionCache(first._model, first.budget, first.scorer, compress=False)
+        merged = EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
         merged.layers = [stack_layers([c.layers[i] for c in caches]) for i in range(len(first.layers))]
         merged._prefill = PrefillRecord.concatenate([c._prefill for c in caches])
         merged.prompt_length = first.prompt_length
@@ -323,7 +323,7 @@ class JudgeQCache(EvictionCache):
         adapter: JudgeQAdapter,
         budget: int | float | Budget,
         *,
-        compress: bool = True,
+        auto_compress: bool = True,
         decode_every: int | None = None,
         **scorer_options: Any,
     ) -> None:
@@ -334,7 +334,7 @@ class JudgeQCache(EvictionCache):
             )
         adapter.check_compatible(model)
         scorer = JudgeQScorer(adapter=adapter, **scorer_options)
-        super().__init__(model, budget, scorer, compress=compress, decode_every=decode_every)
+        super().__init__(model, budget, scorer, auto_compress=auto_compress, decode_every=decode_every)
 
     @property
     def adapter(self) -> JudgeQAdapter:

@@ -107,7 +107,7 @@ class PromptCompression(triggers.EvictionTriggers):
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
         source = self.scorer.query_source
-        # A hybrid scorer's window is captured even with compress=False: a later compress() needs it.
+        # A hybrid scorer's window is captured even with auto_compress=False: a later compress() needs it.
         mixes_window = source == "appended" and self.scorer.captured_window() and would_evict
         if (evicts and source in ("window", "all")) or mixes_window:
             window = min(self.scorer.captured_window() or n, n) if source != "all" else n
@@ -216,7 +216,7 @@ class PromptCompression(triggers.EvictionTriggers):
         window: dict[int, torch.Tensor] | None = None,
     ) -> None:
         """Score the prefilled prompt and keep the top entries per KV head (done automatically after
-        prefill unless ``compress=False``). ``attention`` overrides the captured attention;
+        prefill unless ``auto_compress=False``). ``attention`` overrides the captured attention;
         ``window`` is the last prompt queries' attention for scorers that mix it in
         (:meth:`~judgeq_cache.scorers.Scorer.captured_window`)."""
         self._compress(attention, window)
@@ -284,7 +284,7 @@ class PromptCompression(triggers.EvictionTriggers):
         if attention is None and source != "none":
             raise RuntimeError(
                 f"scorer {self.scorer.name!r} needs the prompt's queries, which are captured during the "
-                "prefill forward; with compress=False pass them to compress(attention=...)"
+                "prefill forward; with auto_compress=False pass them to compress(attention=...)"
             )
         for layer_idx, rows in due:
             layer = self.layers[layer_idx]

@@ -54,7 +54,7 @@ class SharedPrefill:
         sizes = [window_size] if isinstance(window_size, int) else list(window_size)
         sizes.append(1)  # the last query, always: TOVA and Judge Q's default hybrid score read it
         self.window_sizes = sorted({min(w, n) for w in sizes})
-        self._base = EvictionCache(model, 1, "random", compress=False)
+        self._base = EvictionCache(model, 1, "random", auto_compress=False)
         mask = None if attention_mask is None else attention_mask.bool()
         windows = {w: self._base.query_capture(slice(n - w, None), n - w, n, mask) for w in self.window_sizes}
         everything = self._base.query_capture(slice(None), 0, n, mask)

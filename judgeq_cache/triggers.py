@@ -173,7 +173,7 @@ class EvictionTriggers:
 
     def _finish_chunks(self) -> None:
         """The last chunk of a chunked prefill was evicted: the prefill is compressed (with
-        ``compress=False`` it stays uncompressed, all chunks stored, for :meth:`compress`)."""
+        ``auto_compress=False`` it stays uncompressed, all chunks stored, for :meth:`compress`)."""
         self._chunks = None
         if self.auto_compress:
             self._compressed = True
@@ -188,7 +188,7 @@ class EvictionTriggers:
         if self._prefill is not None or self.get_seq_length() > 0:
             raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
         if not self.auto_compress:
-            raise ValueError("chunked_prefill() evicts after each chunk; it needs compress=True")
+            raise ValueError("chunked_prefill() evicts after each chunk; it needs auto_compress=True")
         self._manual_chunks = True
         try:
             yield self

@@ -379,11 +379,11 @@ def test_rows_repeated_after_compression_carry_their_state_into_decode_eviction(
 
 
 def test_chunked_generate_with_compress_false_then_compress_equals_one_shot():
-    """compress=False: the chunks are stored whole (with the hybrid Judge Q's last-query window of the
+    """auto_compress=False: the chunks are stored whole (with the hybrid Judge Q's last-query window of the
     last chunk) and a later compress() selects exactly what a one-shot prefill selects."""
     model = make_model("llama")
     ids = prompt(length=LENGTH)
-    later = build_cache(model, "judgeq", BUDGET, compress=False)
+    later = build_cache(model, "judgeq", BUDGET, auto_compress=False)
     model.generate(
         ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=CHUNK, **cache_kwargs(model, later)
     )

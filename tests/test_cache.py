@@ -89,7 +89,7 @@ def test_judgeq_two_pass_scores_equal_one_pass_reference(arch):
     model = make_model(arch)
     ids = prompt(batch=2, length=30)
     adapter = JudgeQAdapter.init_for(model, num_soft_tokens=5, seed=3)
-    cache = JudgeQCache(model, adapter, budget=0.5, compress=False)
+    cache = JudgeQCache(model, adapter, budget=0.5, auto_compress=False)
     with torch.no_grad():
         model(input_ids=ids, **cache_kwargs(model, cache))
         two_pass = cache.appended_attention(cache.scorer.appended_inputs(2, model))

@@ -167,8 +167,8 @@ def test_decode_every_must_be_a_positive_int(model, bad):
 def test_manual_chunked_prefill_needs_an_empty_compressing_cache(model):
     ids = torch.randint(3, 128, (1, 20))
     with (
-        pytest.raises(ValueError, match="compress=True"),
-        EvictionCache(model, 8, compress=False).chunked_prefill(),
+        pytest.raises(ValueError, match="auto_compress=True"),
+        EvictionCache(model, 8, auto_compress=False).chunked_prefill(),
     ):
         pass
     cache = EvictionCache(model, 8)

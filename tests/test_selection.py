@@ -46,7 +46,7 @@ def test_select_is_the_caches_selection_path():
     model = make_model("qwen3")
     ids = torch.randint(3, 128, (1, 48), generator=torch.Generator().manual_seed(2))
     cache = EvictionCache(model, 12, "snapkv", window_size=8, shared_heads=True)
-    base = EvictionCache(model, 12, "snapkv", window_size=8, compress=False)
+    base = EvictionCache(model, 12, "snapkv", window_size=8, auto_compress=False)
     capture = base.query_capture(slice(40, None), 40, 48, None)
     with torch.no_grad(), capture:
         model(ids, use_cache=True, **cache_kwargs(model, base))
@@ -111,7 +111,7 @@ def test_prepared_examples_equal_in_memory_targets_and_resume(tmp_path, tok):
     examples = prepare_to_disk(model, prompts, tmp_path, progress=False)
     # the same target computed in memory, from a fresh prefill
     prompt = prompts[0]
-    cache = EvictionCache(model, 1, "random", compress=False)
+    cache = EvictionCache(model, 1, "random", auto_compress=False)
     ids = torch.tensor([prompt.prompt_ids])
     with torch.no_grad():
         model(ids, use_cache=True, **cache_kwargs(model, cache))
@@ -124,11 +124,11 @@ def test_prepared_examples_equal_in_memory_targets_and_resume(tmp_path, tok):
         assert bool(((t.sum(-1) > 0.5) & (t.sum(-1) <= 1 + 1e-5)).all())  # the rest: the futures themselves
     # a loaded prefill scores like the live cache (KV stored in fp16)
     adapter = JudgeQAdapter.init_for(model, 4)
-    live = JudgeQCache(model, adapter, 0.5, compress=False)
+    live = JudgeQCache(model, adapter, 0.5, auto_compress=False)
     with torch.no_grad():
         model(ids, use_cache=True, **cache_kwargs(model, live))
         want = live.appended_attention(live.scorer.appended_inputs(1, model))
-        loaded = examples[0].prefilled(model, JudgeQCache(model, adapter, 0.5, compress=False))
+        loaded = examples[0].prefilled(model, JudgeQCache(model, adapter, 0.5, auto_compress=False))
         got = loaded.appended_attention(loaded.scorer.appended_inputs(1, model))
     for layer in want:
         torch.testing.assert_close(got[layer], want[layer], atol=2e-3, rtol=0.05)
@@ -210,8 +210,8 @@ def test_hybrid_judgeq_mixes_the_last_querys_attention_and_prefill_sharing_agree
     cache = JudgeQCache(model, adapter, 10, **options)
     with torch.no_grad():
         model(ids, use_cache=True, **cache_kwargs(model, cache))
-    # reference: soft attention from a compress=False copy, last-query attention from a capture
-    ref = JudgeQCache(model, adapter, 10, compress=False)
+    # reference: soft attention from a auto_compress=False copy, last-query attention from a capture
+    ref = JudgeQCache(model, adapter, 10, auto_compress=False)
     capture = ref.query_capture(slice(49, None), 49, 50, None)
     with torch.no_grad(), capture:
         model(ids, use_cache=True, **cache_kwargs(model, ref))

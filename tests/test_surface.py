@@ -47,12 +47,17 @@ def _prefilled(model, ids, mask, cache):
 def _base(arch: str = "llama", padded: bool = False):
     model = make_model(arch)
     ids, mask = _prompt(padded)
-    return model, ids, mask, _prefilled(model, ids, mask, EvictionCache(model, 0.5, "random", compress=False))
+    return (
+        model,
+        ids,
+        mask,
+        _prefilled(model, ids, mask, EvictionCache(model, 0.5, "random", auto_compress=False)),
+    )
 
 
 def test_prefill_mask_reads_the_prefill():
     model = make_model("llama")
-    cache = EvictionCache(model, 8, "streamingllm", compress=False)
+    cache = EvictionCache(model, 8, "streamingllm", auto_compress=False)
     assert cache.prefill_mask is None
     ids, mask = _prompt(padded=True)
     _prefilled(model, ids, mask, cache)
@@ -94,7 +99,7 @@ def test_fork_of_a_judgeq_cache_runs_its_soft_tokens():
     model = make_model("llama")
     adapter = JudgeQAdapter.init_for(model, 4)
     ids, mask = _prompt()
-    source = _prefilled(model, ids, mask, JudgeQCache(model, adapter, 0.25, compress=False))
+    source = _prefilled(model, ids, mask, JudgeQCache(model, adapter, 0.25, auto_compress=False))
     copy = source.fork()
     copy.compress()
     expected = _prefilled(model, ids, mask, JudgeQCache(model, adapter, 0.25))
@@ -104,7 +109,7 @@ def test_fork_of_a_judgeq_cache_runs_its_soft_tokens():
 
 def test_fork_and_skip_compression_need_a_prefilled_uncompressed_cache():
     model = make_model("llama")
-    empty = EvictionCache(model, 8, "streamingllm", compress=False)
+    empty = EvictionCache(model, 8, "streamingllm", auto_compress=False)
     with pytest.raises(RuntimeError, match="fork needs a prefilled, not yet compressed cache"):
         empty.fork()
     with pytest.raises(RuntimeError, match="skip_compression needs a prefilled"):

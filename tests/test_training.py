@@ -163,7 +163,7 @@ def test_target_is_response_attention_and_prediction_has_gradient(tokenizer):
     # Row 0 alone, batch of one, no padding: same target.
     n0 = ex.lengths[0]
     ids = ex.input_ids[:1, -n0:]
-    cache = JudgeQCache(model, adapter, budget=0.5, compress=False)
+    cache = JudgeQCache(model, adapter, budget=0.5, auto_compress=False)
     with torch.no_grad():
         model(input_ids=ids, **cache_kwargs(model, cache))
         resp = torch.tensor([store.records[ex.ids[0]]["response_ids"]])

@@ -62,7 +62,7 @@ class JudgeQScorer(AttentionScorer):
         if inputs.window_attention is None:
             raise RuntimeError(
                 "judgeq with window_weight > 0 needs the last prompt queries' attention, captured during "
-                "the prefill; with compress=False pass it to compress(window=...)"
+                "the prefill; with auto_compress=False pass it to compress(window=...)"
             )
         return (1 - self.window_weight) * soft + self.window_weight * inputs.window_attention
 

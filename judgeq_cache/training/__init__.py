@@ -6,7 +6,7 @@ Recipe (paper + our documented choices, see ``docs/training.md``):
    template; too long ones are middle-truncated.
 2. The frozen model answers each prompt itself (greedy by default); responses are cached in a JSONL
    file and reused on resume.
-3. Per prompt: prefill into a ``JudgeQCache(compress=False)``; target = mean attention of the
+3. Per prompt: prefill into a ``JudgeQCache(auto_compress=False)``; target = mean attention of the
    response tokens over the prompt keys (``cache.appended_attention(response)``, no grad); prediction =
    the same call with the soft tokens (differentiable w.r.t. ``adapter.rows``) -- the very code the cache
    uses at inference.

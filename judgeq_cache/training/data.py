@@ -89,10 +89,10 @@ def _prefill(
     mask: torch.Tensor,
     window_size: int = 0,
 ) -> tuple[JudgeQCache, torch.Tensor, dict[int, dict[int, torch.Tensor]] | None]:
-    """Prefill a ``JudgeQCache(compress=False)``; returns it, the last logits and (optionally)
+    """Prefill a ``JudgeQCache(auto_compress=False)``; returns it, the last logits and (optionally)
     ``{window_size: ..., 1: ...}``: the attention of the last ``window_size`` prompt queries (what
     SnapKV scores with) and of the last one (TOVA's)."""
-    cache = JudgeQCache(model, adapter, budget=0.5, compress=False)
+    cache = JudgeQCache(model, adapter, budget=0.5, auto_compress=False)
     n = input_ids.shape[1]
     captures = {}
     if window_size:

@@ -101,7 +101,7 @@ def _soft_attention(model, adapter, example, grad: bool) -> tuple[dict[int, torc
     cache = example.cache if isinstance(example, Example) else None
     if cache is None:
         if hasattr(example, "prefilled"):
-            cache = example.prefilled(model, JudgeQCache(model, adapter, budget=0.5, compress=False))
+            cache = example.prefilled(model, JudgeQCache(model, adapter, budget=0.5, auto_compress=False))
         else:
             device = model.get_input_embeddings().weight.device
             cache, _, _ = _prefill(

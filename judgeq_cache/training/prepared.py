@@ -84,7 +84,7 @@ def _prepare_one(model: nn.Module, prompt: TokenPrompt, path: Path) -> None:
     device = model.get_input_embeddings().weight.device
     ids = torch.tensor([prompt.prompt_ids], device=device)
     n = ids.shape[1]
-    cache = EvictionCache(model, 1, "random", compress=False)
+    cache = EvictionCache(model, 1, "random", auto_compress=False)
     w = min(WINDOW, n)
     window = cache.query_capture(slice(n - w, None), n - w, n, None)
     last = cache.query_capture(slice(n - 1, None), n - 1, n, None)

@@ -17,30 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_kernels():
-    """``judgeq_cache.kernels``, or this checkout's ``kernels/`` loaded by path under a private name."""
-    try:
-        return importlib.import_module("judgeq_cache.kernels")
-    except ImportError:
-        pass
-    name = "_judgeq_kernels_bench"
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def peak_bandwidth_gbps(device: torch.device) -> float | None:
@@ -171,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
     args = parser.parse_args(argv)
-    kernels = load_kernels()
+    from judgeq_cache import kernels  # the package installed from this checkout (make install)
+
     if torch.cuda.is_available():
         gpu_report(args, kernels)
     else:

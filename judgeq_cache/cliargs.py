@@ -8,16 +8,20 @@ model is loaded, never a traceback halfway through a run. Every callable raises
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 __all__ = [
+    "add_dataclass_arguments",
     "adapter_source",
     "at_least",
     "budget_list",
     "choice_list",
+    "dataclass_from_args",
     "fraction",
     "int_list",
     "matplotlib_available",
@@ -28,6 +32,8 @@ __all__ = [
     "positive_int",
     "task_list",
 ]
+
+T = TypeVar("T")
 
 #: Model dtypes accepted by ``--dtype`` (training and loading support these three).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -153,24 +159,27 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
-def model_source(text: str) -> str:
-    """A ``type=`` for ``--model``: a name, a Hub id (``org/name``) or an existing local directory."""
-    if _looks_local(text) and not Path(text).expanduser().exists():
-        raise argparse.ArgumentTypeError(
-            f"{text!r} looks like a local path but does not exist; pass an existing model directory, "
-            "a Hub id (org/name) or 'embedded'"
-        )
-    return text
+def _local_or_hub(what: str, exists: Callable[[Path], bool], alternatives: str) -> Callable[[str], str]:
+    """A ``type=`` accepting a name or Hub id as is, and a local-looking path only if it exists."""
+
+    def parse(text: str) -> str:
+        if _looks_local(text) and not exists(Path(text).expanduser()):
+            raise argparse.ArgumentTypeError(f"{what} {text!r} does not exist; pass {alternatives}")
+        return text
+
+    return parse
 
 
-def adapter_source(text: str) -> str:
-    """A ``type=`` for ``--adapter``: an existing adapter directory, a Hub id or ``untrained``."""
-    if _looks_local(text) and not Path(text).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(
-            f"adapter directory {text!r} does not exist; pass a directory holding adapter_config.json, "
-            "a Hub id (org/name) or 'untrained'"
-        )
-    return text
+#: ``type=`` for ``--model``: a name, a Hub id (``org/name``) or an existing local directory.
+model_source = _local_or_hub(
+    "model path", Path.exists, "an existing model directory, a Hub id (org/name) or 'embedded'"
+)
+#: ``type=`` for ``--adapter``: an existing adapter directory, a Hub id or ``untrained``.
+adapter_source = _local_or_hub(
+    "adapter directory",
+    Path.is_dir,
+    "a directory holding adapter_config.json, a Hub id (org/name) or 'untrained'",
+)
 
 
 def plot_path(text: str) -> str:
@@ -185,3 +194,35 @@ def plot_path(text: str) -> str:
 def matplotlib_available() -> bool:
     """Whether ``matplotlib`` can be imported (plots are optional)."""
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, aliases: Mapping[str, Sequence[str]] | None = None
+) -> None:
+    """One ``--kebab-case`` flag per field of dataclass ``cls`` whose metadata has a ``"help"``.
+
+    The default is the field's; metadata ``"type"`` and ``"choices"`` go to ``add_argument``; a bool
+    field gets ``--name`` / ``--no-name``. ``aliases`` maps field names to extra flags (older names).
+    Read the values back with :func:`dataclass_from_args`.
+    """
+    aliases = aliases or {}
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flags = [f"--{field.name.replace('_', '-')}", *aliases.get(field.name, ())]
+        options: dict[str, Any] = {"dest": field.name, "default": default}
+        if isinstance(default, bool):
+            options["action"] = argparse.BooleanOptionalAction
+            options["help"] = meta["help"]
+        else:
+            options.update({k: meta[k] for k in ("type", "choices") if k in meta})
+            options["help"] = f"{meta['help']} (default: %(default)s)"
+        parser.add_argument(*flags, **options)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """``cls`` built from the flags :func:`add_dataclass_arguments` declared (others keep defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
+    return cls(**{**values, **overrides})

@@ -46,7 +46,8 @@ BAD = [
     (["bench", "--lengths", "1024,x"], "--lengths", "expected an integer"),
     (["bench", "--repeats", "0"], "--repeats", ">= 1"),
     (["bench", "--kept", "2"], "--kept", "(0, 1)"),
-    (["train", "--output", "o", "--steps", "0"], "--steps", ">= 1"),
+    (["train", "--output", "o", "--max-steps", "0"], "--max-steps", ">= 1"),
+    (["train", "--output", "o", "--loss", "huber"], "--loss", "invalid choice"),
     (["train", "--output", "o", "--dtype", "float64"], "--dtype", "invalid choice"),
     (["train", "--output", "o", "--lr", "-1"], "--lr", "positive"),
     (["train", "--output", "o", "--heldout", "2.5"], "--heldout", "whole count"),
@@ -76,6 +77,25 @@ def test_standalone_training_module_uses_the_same_checks(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--output", "o", "--steps", "0"])
     assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_train_flags_are_the_train_config_fields():
+    """``judgeq train`` declares one flag per TrainConfig field, with its default, and builds the config."""
+    import argparse
+    import dataclasses
+
+    from judgeq_cache.cliargs import dataclass_from_args
+    from judgeq_cache.training import TrainConfig
+    from judgeq_cache.training.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert dataclass_from_args(TrainConfig, parser.parse_args(["-o", "x"])) == TrainConfig()
+    flags = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)} - {"--eval-budgets"}
+    assert flags <= set(parser._option_string_actions)
+    args = parser.parse_args(["-o", "x", "--steps", "7", "--loss", "topk", "--no-keep-prefill", "--sample"])
+    config = dataclass_from_args(TrainConfig, args)
+    assert (config.max_steps, config.loss, config.keep_prefill, config.do_sample) == (7, "topk", False, True)
 
 
 def test_bad_argument_from_a_real_process_exits_2_without_traceback():

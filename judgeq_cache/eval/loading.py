@@ -46,17 +46,11 @@ def load_adapter(model, path: str | None = None) -> tuple[JudgeQAdapter, str]:
 
 
 def load_samples(
-    spec: str,
-    num_samples: int,
-    length: int,
-    tokenizer,
-    *,
-    seed: int = 0,
-    corpus: str = "moby_dick",
-    data_dir: str | None = None,
+    spec: str, num_samples: int, length: int, tokenizer, *, data_dir: str | None = None, **synthetic
 ):
     """Samples for ``spec``: a synthetic task name, ``longbench:<dataset>`` or ``ruler:<task>``
-    (``data_dir`` holds local JSONL files ``<dataset>.jsonl``; without it, the Hub via ``datasets``)."""
+    (``data_dir`` holds local JSONL files ``<dataset>.jsonl``; without it, the Hub via ``datasets``).
+    ``synthetic`` options (``seed``, ``corpus``, ...) go to :func:`~judgeq_cache.eval.tasks.make_samples`."""
     if spec.startswith("longbench:"):
         from .longbench import load_longbench
 
@@ -67,4 +61,4 @@ def load_samples(
         return load_ruler(spec.split(":", 1)[1], data_dir=data_dir, limit=num_samples)
     from .tasks import make_samples
 
-    return make_samples(spec, num_samples, length, tokenizer, seed=seed, corpus=corpus)
+    return make_samples(spec, num_samples, length, tokenizer, **synthetic)

@@ -19,9 +19,8 @@ class StreamingLLMScorer(Scorer):
     query_source: ClassVar[QuerySource] = "none"
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
-        bsz, heads, n, _ = inputs.keys.shape
-        recency = torch.arange(n, device=inputs.keys.device, dtype=torch.float32)
-        return recency.expand(bsz, heads, n)
+        keys = inputs.keys
+        return torch.arange(keys.shape[-2], device=keys.device, dtype=torch.float32).expand(keys.shape[:-1])
 
 
 @dataclass(kw_only=True)
@@ -33,6 +32,5 @@ class RandomScorer(Scorer):
     query_source: ClassVar[QuerySource] = "none"
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
-        bsz, heads, n, _ = inputs.keys.shape
         generator = torch.Generator().manual_seed(self.seed + inputs.layer_idx)
-        return torch.rand((bsz, heads, n), generator=generator).to(inputs.keys.device)
+        return torch.rand(inputs.keys.shape[:-1], generator=generator).to(inputs.keys.device)

@@ -7,7 +7,14 @@ import json
 import logging
 import random
 
-from ..cliargs import DTYPES, model_source, non_negative_int, positive_float, positive_int
+from ..cliargs import (
+    DTYPES,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    model_source,
+    non_negative_int,
+    positive_int,
+)
 from ..prompts import Prompt, corpus_prompts, load_prompts
 from .config import TrainConfig, TrainingError
 from .loop import train
@@ -25,23 +32,7 @@ def _load_model(name: str, dtype: str):
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        num_soft_tokens=args.num_soft_tokens,
-        init=args.init,
-        loss=args.loss,
-        ignore_first=args.ignore_first,
-        lr=args.lr,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        max_prompt_tokens=args.max_prompt_tokens,
-        seed=args.seed,
-        save_every=args.save_every,
-        eval_every=args.eval_every,
-        keep_prefill=not args.no_keep_prefill,
-    )
+    config = dataclass_from_args(TrainConfig, args)
     model, tokenizer = _load_model(args.model, args.dtype)
     prompts: list[Prompt] = []
     for source in args.data or []:
@@ -126,32 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, help="output adapter directory")
     p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
-    p.add_argument("--num-soft-tokens", type=positive_int, default=32)
-    p.add_argument("--init", choices=["vocab", "mean"], default="vocab")
-    p.add_argument("--loss", choices=["mse", "kl"], default="mse")
-    p.add_argument(
-        "--ignore-first", type=non_negative_int, default=4, help="first prompt tokens left out of the loss"
-    )
-    p.add_argument("--lr", type=positive_float, default=5e-3)
-    p.add_argument("--steps", type=positive_int, default=200, help="optimiser steps")
-    p.add_argument("--batch-size", type=positive_int, default=4)
-    p.add_argument("--grad-accum", type=positive_int, default=1)
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--sample", action="store_true", help="sample responses (default greedy)")
-    p.add_argument(
-        "--max-prompt-tokens", type=positive_int, default=None, help="middle-truncate longer prompts"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--save-every", type=non_negative_int, default=50, help="steps between checkpoints (0 = end only)"
-    )
-    p.add_argument(
-        "--eval-every",
-        type=non_negative_int,
-        default=0,
-        help="steps between held-out evaluations (0 = start/end)",
-    )
-    p.add_argument("--no-keep-prefill", action="store_true", help="re-prefill each step (saves memory)")
+    # The hyper-parameters: one flag per TrainConfig field (older names kept as aliases).
+    add_dataclass_arguments(p, TrainConfig, aliases={"max_steps": ["--steps"], "do_sample": ["--sample"]})
 
 
 def main(argv: list[str] | None = None) -> int:

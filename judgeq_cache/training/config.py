@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..cliargs import non_negative_int, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,30 +19,46 @@ class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, nothing to train on...)."""
 
 
+#: Training losses: the paper's MSE, KL, their head-averaged ("-shared") forms, and "topk" (KL to the
+#: target cut to its top 10 %); see :func:`judgeq_cache.training.objective.alignment_loss`.
+LOSSES = ("mse", "kl", "mse-shared", "kl-shared", "topk")
+
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A field shown on ``judgeq train``'s command line (``cli``: argparse ``type`` / ``choices``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of a training run (stored in the adapter's config)."""
+    """Hyper-parameters of a training run (stored in the adapter's config).
 
-    num_soft_tokens: int = 32
-    init: str = "vocab"
-    loss: str = "mse"  # "mse" (paper) or "kl"
-    ignore_first: int = 4  # first real prompt tokens left out of the loss (attention sinks)
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    max_steps: int = 200
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 0.7
-    max_prompt_tokens: int | None = None  # default: the model's context minus max_new_tokens + soft tokens
-    seed: int = 0
+    Fields with a help text are also ``judgeq train`` flags (``--max-steps`` for ``max_steps``, ...).
+    """
+
+    num_soft_tokens: int = _opt(32, "soft tokens (embedding rows) to train", type=positive_int)
+    init: str = _opt("vocab", "row initialisation", choices=("vocab", "mean"))
+    loss: str = _opt("mse", "alignment loss (mse is the paper's)", choices=LOSSES)
+    ignore_first: int = _opt(4, "first prompt tokens left out of the loss (sinks)", type=non_negative_int)
+    lr: float = _opt(5e-3, "AdamW learning rate", type=positive_float)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", type=float)
+    warmup_ratio: float = _opt(0.1, "share of the steps spent warming up", type=float)
+    max_steps: int = _opt(200, "optimiser steps", type=positive_int)
+    batch_size: int = _opt(4, "prompts per micro-batch", type=positive_int)
+    grad_accum: int = _opt(1, "micro-batches per optimiser step", type=positive_int)
+    max_new_tokens: int = _opt(
+        64, "length of the model's own response (the target's future)", type=positive_int
+    )
+    do_sample: bool = _opt(False, "sample the responses (default: greedy)")
+    temperature: float = _opt(0.7, "sampling temperature", type=positive_float)
+    # default: the model's context minus max_new_tokens + soft tokens
+    max_prompt_tokens: int | None = _opt(None, "middle-truncate longer prompts", type=positive_int)
+    seed: int = _opt(0, "seed of the rows, shuffling and bundled-text prompts", type=int)
     eval_budgets: tuple[float, ...] = (0.1, 0.25)
-    eval_every: int = 0  # steps between held-out evaluations (0: only at the start and end)
-    save_every: int = 50
-    keep_prefill: bool = True
-    max_grad_norm: float = 1.0
+    eval_every: int = _opt(0, "steps between held-out evaluations (0: start and end)", type=non_negative_int)
+    save_every: int = _opt(50, "steps between checkpoints (0: end only)", type=non_negative_int)
+    keep_prefill: bool = _opt(True, "keep each prompt's prefill in memory (--no-keep-prefill saves memory)")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm", type=positive_float)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

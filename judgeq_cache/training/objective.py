@@ -13,14 +13,11 @@ from .. import kernels
 from ..adapter import JudgeQAdapter
 from ..hitrate import hit_rate, needle_recall
 from ..scorers import LayerInputs, Scorer, make_scorer
-from .config import TrainConfig
+from .config import LOSSES, TrainConfig
 from .data import Example, _prefill
 from .prepared import WINDOW
 
 logger = logging.getLogger(__name__)
-
-#: Loss kinds: the paper's MSE, KL, their head-averaged ("-shared") forms, and "topk".
-LOSSES = ("mse", "kl", "mse-shared", "kl-shared", "topk")
 
 #: Kept fraction whose oracle set the "topk" loss aims at.
 TOPK_FRACTION = 0.1

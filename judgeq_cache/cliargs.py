@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "add_dataclass_arguments",
+    "add_model_arguments",
     "adapter_source",
     "at_least",
     "budget_list",
@@ -180,6 +181,18 @@ adapter_source = _local_or_hub(
     Path.is_dir,
     "a directory holding adapter_config.json, a Hub id (org/name) or 'untrained'",
 )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, dtype: bool = False) -> None:
+    """``--model`` (an embedded key, a Hub id or a local directory) and, with ``dtype``, ``--dtype``."""
+    parser.add_argument(
+        "--model",
+        type=model_source,
+        default="embedded",
+        help="'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local model directory",
+    )
+    if dtype:
+        parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
 
 
 def plot_path(text: str) -> str:

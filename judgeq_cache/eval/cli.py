@@ -12,10 +12,10 @@ import logging
 
 from ..cliargs import (
     adapter_source,
+    add_model_arguments,
     at_least,
     budget_list,
     choice_list,
-    model_source,
     non_negative_int,
     plot_path,
     positive_int,
@@ -56,12 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="0.5,0.25,0.1",
         help="kept fractions in (0, 1) (0.25 or 25%%) and/or entries per head (256)",
     )
-    p.add_argument(
-        "--model",
-        type=model_source,
-        default="embedded",
-        help="'embedded' (SmolLM2-135M-Instruct offline) or a Hub id/path",
-    )
+    add_model_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--corpus", choices=corpus_names(), default="moby_dick", help="haystack text: moby_dick or brown"

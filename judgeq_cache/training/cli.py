@@ -8,10 +8,9 @@ import logging
 import random
 
 from ..cliargs import (
-    DTYPES,
     add_dataclass_arguments,
+    add_model_arguments,
     dataclass_from_args,
-    model_source,
     non_negative_int,
     positive_int,
 )
@@ -89,13 +88,7 @@ def register_cli(subparsers) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        type=model_source,
-        default="smollm2",
-        help="Hub id, local dir, or 'smollm2' (embedded, offline)",
-    )
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
+    add_model_arguments(p, dtype=True)
     p.add_argument(
         "--data", action="append", help="JSON/JSONL file, save_to_disk dir or datasets name (repeatable)"
     )

@@ -30,7 +30,7 @@ from judgeq_cache.hitrate import needle_recall
 from judgeq_cache.models import load_embedded_model
 from judgeq_cache.scorers import make_scorer
 from judgeq_cache.training.facts import TokenPrompt
-from judgeq_cache.training.objective import _kept, _soft_attention
+from judgeq_cache.training.objective import kept_by, soft_attention
 from judgeq_cache.training.prepared import prepare_to_disk
 
 log = logging.getLogger("selection_sweep")
@@ -122,7 +122,7 @@ def main() -> None:
         adapter = JudgeQAdapter.from_pretrained(path)
         for example in examples:
             with torch.no_grad():
-                soft, _ = _soft_attention(model, adapter, example, grad=False)
+                soft, _ = soft_attention(model, adapter, example, grad=False)
             n = example.input_ids.shape[1]
             sources = {"soft": soft, "window": example.window, "last": example.last, "target": example.target}
             setting = example.meta["setting"]
@@ -137,7 +137,7 @@ def main() -> None:
                         if hybrid:
                             weight, window = hybrid
                             scores = (1 - weight) * scores + weight * sources[window][layer].float()
-                        kept[layer] = _kept(scorer, scores, k)
+                        kept[layer] = kept_by(scorer, scores, k)
                     cells[name] = needle_recall(kept, example.needles)
                 for name, value in cells.items():
                     label = name if name.startswith(("judgeq", "hybrid")) else f"(baseline) {name}"

@@ -213,3 +213,19 @@ def test_no_module_outside_the_cache_core_uses_the_caches_underscored_members():
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_no_package_module_imports_another_modules_underscored_names():
+    import ast
+
+    package = Path(judgeq_cache.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                offenders += [
+                    f"{path.relative_to(package)}:{node.lineno}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert offenders == []

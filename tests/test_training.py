@@ -20,7 +20,7 @@ from judgeq_cache.training import (
     prepare_examples,
     train,
 )
-from judgeq_cache.training.objective import _kept
+from judgeq_cache.training.objective import kept_by
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -170,12 +170,12 @@ def test_target_is_response_attention_and_prediction_has_gradient(tokenizer):
         ref = cache.appended_attention({"input_ids": resp})
     for layer, t in ex.target.items():
         torch.testing.assert_close(t[:1, :, -n0:], ref[layer], atol=2e-5, rtol=1e-4)
-    from judgeq_cache.training.objective import _soft_attention
+    from judgeq_cache.training.objective import soft_attention
 
     adapter.rows.requires_grad_(True)
     for p in model.parameters():
         p.requires_grad_(False)
-    pred, _ = _soft_attention(model, adapter, ex, grad=True)
+    pred, _ = soft_attention(model, adapter, ex, grad=True)
     loss = alignment_loss(pred, ex.target, ex.attention_mask, "mse", 1)
     loss.backward()
     assert adapter.rows.grad is not None and adapter.rows.grad.abs().sum() > 0
@@ -215,7 +215,7 @@ def test_snapkv_hit_rate_selection_equals_eviction_cache(tokenizer):
         model(input_ids=ex.input_ids, **cache_kwargs(model, cache))
     snap = make_scorer("snapkv")
     for layer, idx in cache.kept_indices.items():
-        assert torch.equal(_kept(snap, ex.window[layer].float(), k), idx)
+        assert torch.equal(kept_by(snap, ex.window[layer].float(), k), idx)
     metrics = evaluate_hit_rates(model, adapter, [ex], (0.1, 0.25), cfg)
     assert set(metrics) >= {"hit_rate/judgeq@10%", "hit_rate/snapkv@25%", "heldout_loss"}
     assert all(0.0 <= v <= 1.0 for k_, v in metrics.items() if k_.startswith("hit_rate"))
@@ -279,10 +279,10 @@ def test_training_reduces_loss_on_a_fixed_batch(tokenizer):
     cfg = small_config(max_steps=30, lr=5e-2, warmup_ratio=0.0, batch_size=3)
     adapter = JudgeQAdapter.init_for(model, 4, init="mean")
     examples = prepare_examples(model, tokenizer, text_prompts(3), adapter, cfg, progress=False)
-    from judgeq_cache.training.objective import _soft_attention
+    from judgeq_cache.training.objective import soft_attention
 
     def loss_now():
-        pred, _ = _soft_attention(model, adapter, examples[0], grad=False)
+        pred, _ = soft_attention(model, adapter, examples[0], grad=False)
         return float(alignment_loss(pred, examples[0].target, examples[0].attention_mask, "mse", 1))
 
     before = loss_now()

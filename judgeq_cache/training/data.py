@@ -82,7 +82,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _prefill(
+def prefill_prompt(
     model: nn.Module,
     adapter: JudgeQAdapter,
     input_ids: torch.Tensor,
@@ -237,7 +237,7 @@ def prepare_examples(
         chunk = encoded[start : start + config.batch_size]
         ids, mask = _pad_left([c[1] for c in chunk], pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        cache, logits, window = _prefill(model, adapter, ids, mask, window_size)
+        cache, logits, window = prefill_prompt(model, adapter, ids, mask, window_size)
         responses = [store.get(pid, p) for pid, p in chunk]
         if any(r is None for r in responses):
             fresh = _decode(
@@ -266,7 +266,7 @@ def prepare_examples(
                 sub = [chunk[b] for b in keep]
                 ids, mask = _pad_left([c[1] for c in sub], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
-                cache, _, window = _prefill(model, adapter, ids, mask, window_size)
+                cache, _, window = prefill_prompt(model, adapter, ids, mask, window_size)
                 target = _response_targets(cache, [responses[b] for b in keep], device)
                 chunk = sub
             examples.append(

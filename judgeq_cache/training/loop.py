@@ -7,19 +7,21 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..adapter import JudgeQAdapter
 from ..prompts import Prompt
 from .config import OPTIMIZER_STATE, TRAINER_STATE, TrainConfig, TrainingError
 from .data import Example, ResponseStore, prepare_examples
-from .objective import _soft_attention, alignment_loss, evaluate_hit_rates
+from .objective import alignment_loss, evaluate_hit_rates, soft_attention
 
 logger = logging.getLogger(__name__)
 
@@ -101,120 +103,77 @@ def train(
     config = config or TrainConfig()
     output_dir = Path(output_dir)
     ckpt_dir = output_dir / "checkpoint"
-    if accelerator is None:
-        try:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator(cpu=not torch.cuda.is_available())
-            logger.info("train(): built %s (pass accelerator= to choose)", accelerator.state.distributed_type)
-        except ImportError:
-            accelerator = None
-    is_main = accelerator is None or accelerator.is_main_process
-    world = 1 if accelerator is None else accelerator.num_processes
-    rank = 0 if accelerator is None else accelerator.process_index
-    if accelerator is not None and next(model.parameters()).device != accelerator.device:
-        model.to(accelerator.device)
+    dist = _Distributed.of(accelerator, model)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-
     model.eval()  # dropout off; and transformers' gradient checkpointing is never switched on here
     for p in model.parameters():
         p.requires_grad_(False)
 
-    state: dict[str, Any] = {"step": 0, "history": [], "wall_seconds": 0.0}
-    if resume and (ckpt_dir / TRAINER_STATE).is_file():
-        # A resumed run continues from the checkpoint's rows, also when a fresh adapter is passed.
+    resuming = resume and (ckpt_dir / TRAINER_STATE).is_file()
+    if resume and not resuming:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
+    if resuming:  # continue from the checkpoint's rows, also when a fresh adapter is passed
         adapter = JudgeQAdapter.from_pretrained(ckpt_dir)
     elif adapter is None:
         adapter = JudgeQAdapter.init_for(model, config.num_soft_tokens, seed=config.seed, init=config.init)
     adapter.check_compatible(model)
-    device = model.get_input_embeddings().weight.device
-    adapter.to(device)
+    adapter.to(model.get_input_embeddings().weight.device)
     adapter.rows.requires_grad_(True)
 
     store = ResponseStore(responses_path if responses_path is not None else output_dir / "responses.jsonl")
     if train_examples is None:
-        # Each process prepares its shard of the prompts.
-        shard = list(train_prompts or [])[rank::world]
-        if not train_prompts:
-            raise TrainingError("no training prompts: the dataset is empty")
-        if world > 1:
-            store = ResponseStore(Path(store.path).with_suffix(f".rank{rank}.jsonl")) if store.path else store
-        train_examples = prepare_examples(
-            model,
-            tokenizer,
-            shard,
-            adapter,
-            config,
-            store,
-            progress=progress and is_main,
-            desc="train prefill",
+        train_examples = _prepare_shard(
+            model, tokenizer, train_prompts, adapter, config, store, dist, progress
         )
-    if heldout_examples is None and heldout_prompts and is_main:
-        held_cfg = TrainConfig(**{**config.to_dict(), "eval_budgets": config.eval_budgets})
+    if heldout_examples is None and heldout_prompts and dist.is_main:
         heldout_examples = prepare_examples(
             model,
             tokenizer,
             heldout_prompts,
             adapter,
-            held_cfg,
+            config,
             store,
             window_size=32,
             progress=progress,
             desc="held-out prefill",
         )
+    heldout = heldout_examples if dist.is_main else None
 
     optimizer = torch.optim.AdamW([adapter.rows], lr=config.lr, weight_decay=config.weight_decay)
-    warmup = int(config.warmup_ratio * config.max_steps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, config.max_steps)
-    if resume and (ckpt_dir / TRAINER_STATE).is_file():
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * config.max_steps), config.max_steps
+    )
+    state: dict[str, Any] = {"step": 0, "history": [], "wall_seconds": 0.0}
+    if resuming:
         saved = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = json.loads((ckpt_dir / TRAINER_STATE).read_text())
         logger.info("resuming from %s at step %d", ckpt_dir, state["step"])
-    elif resume:
-        logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
 
     report: dict[str, Any] = {}
-    if heldout_examples and is_main and state["step"] == 0:
-        report["initial"] = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
+    if heldout and state["step"] == 0:
+        report["initial"] = evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config)
         state["history"].append({"step": 0, "heldout_loss": report["initial"]["heldout_loss"]})
         logger.info("before training: %s", _fmt_metrics(report["initial"]))
 
-    from tqdm.auto import tqdm
-
-    rng = random.Random(config.seed + state["step"])
-    order: list[int] = []
+    batches = _shuffled_forever(train_examples, random.Random(config.seed + state["step"]))
     bar = tqdm(
-        total=config.max_steps, initial=state["step"], desc="train", disable=not (progress and is_main)
+        total=config.max_steps, initial=state["step"], desc="train", disable=not (progress and dist.is_main)
     )
-    t0 = time.perf_counter()
-    wall_before = state.get("wall_seconds", 0.0)
+    t0, wall_before = time.perf_counter(), state.get("wall_seconds", 0.0)
     while state["step"] < config.max_steps:
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.grad_accum):
-            if not order:
-                order = list(range(len(train_examples)))
-                rng.shuffle(order)
-            example = train_examples[order.pop()]
-            pred, _ = _soft_attention(model, adapter, example, grad=True)
-            loss = alignment_loss(
-                pred, example.target, example.attention_mask, config.loss, config.ignore_first
-            )
-            (loss / config.grad_accum).backward()
-            total += float(loss.detach()) / config.grad_accum
-        grad = adapter.rows.grad
-        if accelerator is not None and world > 1:
-            grad.copy_(accelerator.reduce(grad, reduction="mean"))
-            total = float(accelerator.reduce(torch.tensor(total, device=grad.device), reduction="mean"))
-        if not math.isfinite(total) or not torch.isfinite(grad).all():
+        examples = [next(batches) for _ in range(config.grad_accum)]
+        try:
+            total = _accumulate_gradient(model, adapter, examples, config, dist)
+        except TrainingError as err:
             bar.close()
             raise TrainingError(
-                f"non-finite loss ({total}) at step {state['step'] + 1}; the last good checkpoint is in {ckpt_dir} "
+                f"{err} at step {state['step'] + 1}; the last good checkpoint is in {ckpt_dir} "
                 "(lower --lr or check the data); nothing after it was saved"
-            )
+            ) from None
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([adapter.rows], config.max_grad_norm)
         optimizer.step()
@@ -223,50 +182,130 @@ def train(
         entry = {"step": state["step"], "loss": total, "lr": scheduler.get_last_lr()[0]}
         bar.set_postfix(loss=f"{total:.4f}")
         bar.update(1)
-        if heldout_examples and is_main and config.eval_every and state["step"] % config.eval_every == 0:
-            metrics = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
-            entry.update(metrics)
-            logger.info("step %d: %s", state["step"], _fmt_metrics(metrics))
+        if heldout and config.eval_every and state["step"] % config.eval_every == 0:
+            entry.update(evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config))
+            logger.info("step %d: %s", state["step"], _fmt_metrics(entry))
         state["history"].append(entry)
         state["wall_seconds"] = wall_before + time.perf_counter() - t0
-        if is_main and config.save_every and state["step"] % config.save_every == 0:
+        if dist.is_main and config.save_every and state["step"] % config.save_every == 0:
             _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
     bar.close()
-    state["wall_seconds"] = wall_before + time.perf_counter() - t0
 
-    if heldout_examples and is_main:
-        report["final"] = evaluate_hit_rates(model, adapter, heldout_examples, config.eval_budgets, config)
+    if heldout:
+        report["final"] = evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config)
         state["history"].append({"step": state["step"], "heldout_loss": report["final"]["heldout_loss"]})
         logger.info("after training: %s", _fmt_metrics(report["final"]))
     report["steps"] = state["step"]
     report["train_loop_seconds"] = round(state["wall_seconds"], 1)
-    report["train_prompts"] = sum(len(e.ids) for e in train_examples) * world
-    if is_main:
-        adapter.config.training = {
-            **config.to_dict(),
-            "train_prompts": report["train_prompts"],
-            "world_size": world,
-        }
-        adapter.config.metrics = {
-            **{k: round(v, 4) for k, v in report.get("final", {}).items() if isinstance(v, float)},
-            **{
-                f"initial/{k}": round(v, 4)
-                for k, v in report.get("initial", {}).items()
-                if isinstance(v, float)
-            },
-            "train_loop_seconds": report["train_loop_seconds"],
-        }
+    report["train_prompts"] = sum(len(e.ids) for e in train_examples) * dist.world
+    if dist.is_main:
+        _record_run(adapter, config, report, dist.world)
         _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
-        adapter.save_pretrained(output_dir)
-        with (output_dir / "history.jsonl").open("w") as f:
-            for h in state["history"]:
-                f.write(json.dumps(h) + "\n")
-        plot_loss(
-            state["history"], output_dir / "loss_curve.png", title=f"Judge Q: {adapter.config.base_model}"
-        )
-        (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _write_outputs(output_dir, adapter, state["history"], report)
     adapter.rows.requires_grad_(False)
     return adapter, report
+
+
+@dataclass(frozen=True)
+class _Distributed:
+    """Which process this is, from an ``accelerate.Accelerator`` (or one process without one)."""
+
+    accelerator: Any
+    is_main: bool = True
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def of(cls, accelerator: Any, model: nn.Module) -> _Distributed:
+        """Wrap ``accelerator``; build one when none is passed (logged), and move ``model`` to its device."""
+        if accelerator is None:
+            try:
+                from accelerate import Accelerator
+            except ImportError:
+                return cls(None)
+            accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            logger.info("train(): built %s (pass accelerator= to choose)", accelerator.state.distributed_type)
+        if next(model.parameters()).device != accelerator.device:
+            model.to(accelerator.device)
+        return cls(
+            accelerator, accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+        )
+
+
+def _prepare_shard(
+    model, tokenizer, prompts, adapter, config, store, dist: _Distributed, progress
+) -> list[Example]:
+    """This process's share of the training prompts, prefilled, with their targets."""
+    if not prompts:
+        raise TrainingError("no training prompts: the dataset is empty")
+    if dist.world > 1 and store.path:
+        store = ResponseStore(Path(store.path).with_suffix(f".rank{dist.rank}.jsonl"))
+    shard = list(prompts)[dist.rank :: dist.world]
+    return prepare_examples(
+        model,
+        tokenizer,
+        shard,
+        adapter,
+        config,
+        store,
+        progress=progress and dist.is_main,
+        desc="train prefill",
+    )
+
+
+def _shuffled_forever(examples: Sequence[Example], rng: random.Random) -> Iterator[Example]:
+    """``examples`` in a fresh random order each epoch, without end."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        while order:
+            yield examples[order.pop()]
+
+
+def _accumulate_gradient(
+    model, adapter, examples: list[Example], config: TrainConfig, dist: _Distributed
+) -> float:
+    """Backward the mean alignment loss of ``examples`` into ``adapter.rows.grad`` (averaged over
+    processes); returns that loss. Raises :class:`TrainingError` on a non-finite loss or gradient."""
+    total = 0.0
+    for example in examples:
+        pred, _ = soft_attention(model, adapter, example, grad=True)
+        loss = alignment_loss(pred, example.target, example.attention_mask, config.loss, config.ignore_first)
+        (loss / len(examples)).backward()
+        total += float(loss.detach()) / len(examples)
+    grad = adapter.rows.grad
+    if dist.world > 1:
+        grad.copy_(dist.accelerator.reduce(grad, reduction="mean"))
+        total = float(dist.accelerator.reduce(torch.tensor(total, device=grad.device), reduction="mean"))
+    if not math.isfinite(total) or not torch.isfinite(grad).all():
+        raise TrainingError(f"non-finite loss ({total})")
+    return total
+
+
+def _record_run(adapter: JudgeQAdapter, config: TrainConfig, report: dict[str, Any], world: int) -> None:
+    """Store the run's settings and held-out metrics in the adapter's config."""
+    adapter.config.training = {
+        **config.to_dict(),
+        "train_prompts": report["train_prompts"],
+        "world_size": world,
+    }
+    adapter.config.metrics = {
+        **{k: round(v, 4) for k, v in report.get("final", {}).items() if isinstance(v, float)},
+        **{f"initial/{k}": round(v, 4) for k, v in report.get("initial", {}).items() if isinstance(v, float)},
+        "train_loop_seconds": report["train_loop_seconds"],
+    }
+
+
+def _write_outputs(
+    output_dir: Path, adapter: JudgeQAdapter, history: list[dict], report: dict[str, Any]
+) -> None:
+    """The adapter, ``history.jsonl``, ``loss_curve.png`` and ``report.json`` in ``output_dir``."""
+    adapter.save_pretrained(output_dir)
+    with (output_dir / "history.jsonl").open("w") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    plot_loss(history, output_dir / "loss_curve.png", title=f"Judge Q: {adapter.config.base_model}")
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:

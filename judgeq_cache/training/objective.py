@@ -14,7 +14,7 @@ from ..adapter import JudgeQAdapter
 from ..hitrate import hit_rate, needle_recall
 from ..scorers import LayerInputs, Scorer, make_scorer
 from .config import LOSSES, TrainConfig
-from .data import Example, _prefill
+from .data import Example, prefill_prompt
 from .prepared import WINDOW
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def alignment_loss(
 # --------------------------------------------------------------------------- evaluation
 
 
-def _kept(scorer: Scorer, scores: torch.Tensor, k: int, window: torch.Tensor | None = None) -> torch.Tensor:
+def kept_by(scorer: Scorer, scores: torch.Tensor, k: int, window: torch.Tensor | None = None) -> torch.Tensor:
     """What ``scorer`` keeps at ``k`` given its ``scores`` ``[1, Hkv, N]`` (and, for hybrid scorers,
     the last prompt queries' attention ``window``), through its own selection path."""
     key_mask = torch.ones(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
@@ -91,7 +91,7 @@ def _kept(scorer: Scorer, scores: torch.Tensor, k: int, window: torch.Tensor | N
     return scorer.select(inputs)
 
 
-def _soft_attention(model, adapter, example, grad: bool) -> tuple[dict[int, torch.Tensor], Any]:
+def soft_attention(model, adapter, example, grad: bool) -> tuple[dict[int, torch.Tensor], Any]:
     """The soft tokens' attention over ``example``'s prompt (kept, re-prefilled or loaded prefill)."""
     from ..cache import JudgeQCache
 
@@ -101,7 +101,7 @@ def _soft_attention(model, adapter, example, grad: bool) -> tuple[dict[int, torc
             cache = example.prefilled(model, JudgeQCache(model, adapter, budget=0.5, auto_compress=False))
         else:
             device = model.get_input_embeddings().weight.device
-            cache, _, _ = _prefill(
+            cache, _, _ = prefill_prompt(
                 model, adapter, example.input_ids.to(device), example.attention_mask.to(device)
             )
     if cache.adapter is not adapter:
@@ -152,7 +152,7 @@ def evaluate_hit_rates(
         if example.window is None:
             raise ValueError("held-out examples need the SnapKV window: prepare them with window_size=32")
         with torch.no_grad():
-            pred, _ = _soft_attention(model, adapter, example, grad=False)
+            pred, _ = soft_attention(model, adapter, example, grad=False)
         losses.append(
             float(
                 alignment_loss(pred, example.target, example.attention_mask, config.loss, config.ignore_first)
@@ -174,7 +174,7 @@ def evaluate_hit_rates(
                     if scores is None or (size and window is None):
                         continue  # e.g. a hybrid selection on examples prepared without its window
                     kept = {
-                        layer: _kept(
+                        layer: kept_by(
                             scorer,
                             scores[layer][b : b + 1, :, -n:].float(),
                             k,

@@ -83,8 +83,8 @@ class JudgeQAdapterConfig:
             if not isinstance(data[key], str):
                 raise ValueError(f"{source}: {key} must be a string, got {data[key]!r}")
         dtype = data.get("dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"{source}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in ROW_DTYPES:
+            raise ValueError(f"{source}: dtype must be one of {sorted(ROW_DTYPES)}, got {dtype!r}")
         for key in ("training", "metrics", "model_signature"):
             if key in data and not isinstance(data[key], dict):
                 raise ValueError(f"{source}: {key} must be a JSON object, got {type(data[key]).__name__}")
@@ -101,4 +101,5 @@ ADAPTER_TYPE = "JUDGEQ"
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("base_model", "model_type", "hidden_size", "num_soft_tokens")
 _FILE_KEYS = {"adapter_type", "format_version"}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Row dtypes an adapter file may hold.
+ROW_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

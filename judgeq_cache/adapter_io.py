@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,8 +17,10 @@ import torch
 from torch import nn
 
 from .adapter_card import model_card
-from .adapter_config import _DTYPES, ADAPTER_TYPE, FORMAT_VERSION, JudgeQAdapterConfig, logger
+from .adapter_config import ADAPTER_TYPE, FORMAT_VERSION, ROW_DTYPES, JudgeQAdapterConfig
 from .utils import atomic_write
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .adapter import JudgeQAdapter
@@ -50,9 +53,9 @@ class AdapterIOMixin:
             raise ValueError("refusing to save soft-token rows that contain NaN or Inf")
         if not self.config.library_version:
             self.config.library_version = __version__
-        dtype = _DTYPES.get(self.config.dtype)
+        dtype = ROW_DTYPES.get(self.config.dtype)
         if dtype is None:
-            raise ValueError(f"config.dtype must be one of {sorted(_DTYPES)}, got {self.config.dtype!r}")
+            raise ValueError(f"config.dtype must be one of {sorted(ROW_DTYPES)}, got {self.config.dtype!r}")
         config = {"adapter_type": ADAPTER_TYPE, "format_version": FORMAT_VERSION, **self.config.to_dict()}
         tensors = {TENSOR_KEY: rows.to(device="cpu", dtype=dtype).contiguous()}
         metadata = {"format": "pt", "adapter_type": ADAPTER_TYPE, "base_model": self.config.base_model}
@@ -182,7 +185,7 @@ def _read_rows(path: Path, config: JudgeQAdapterConfig, name: str) -> torch.Tens
         )
     if not rows.is_floating_point():
         raise ValueError(f"Judge Q adapter {name!r}: soft_tokens must be floating point, got {rows.dtype}")
-    if rows.dtype != _DTYPES[config.dtype]:
+    if rows.dtype != ROW_DTYPES[config.dtype]:
         raise ValueError(
             f"Judge Q adapter {name!r}: soft_tokens are {rows.dtype} but {CONFIG_NAME} says dtype={config.dtype!r}"
         )

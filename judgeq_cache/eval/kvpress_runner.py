@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import kvpress  # noqa: F401  (ImportError here means: kvpress is not installed)
@@ -39,15 +38,14 @@ from kvpress import (
 from transformers import DynamicCache
 
 from .. import utils
-from .layouts import PromptLayout, build_prompt
-from .metrics import score
-from .records import Record, append_record, budget_label
-from .runner import check_known, decode_answer, pending_prompts, size_batches
+from .layouts import PromptLayout
+from .loop import Answer, check_known, decode_in_batches, run_backend
+from .records import Record, budget_label
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRESSES", "KVPressPrefill", "evaluate_kvpress"]
+__all__ = ["PRESSES", "KVPressPrefill", "Presses", "evaluate_kvpress"]
 
 #: Method name -> press factory taking kvpress's ``compression_ratio`` (fraction *removed*).
 PRESSES: dict[str, Callable[[float], Any]] = {
@@ -202,140 +200,96 @@ def evaluate_kvpress(
     """
     settings, presses, budgets = list(settings), list(presses), list(budgets)
     check_known(presses, PRESSES, "presses")
-    stop = utils.eos_token_ids(model, tokenizer)
-    model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    jobs = [(p, b) for p in presses for b in budgets]
-    for sample, setting, wanted in pending_prompts(
+    backend = Presses(model, tokenizer)
+    yield from run_backend(
+        backend,
+        tokenizer,
         samples,
         settings,
-        jobs,
-        lambda press, budget: (press, budget_label(budget)),
+        [(p, b) for p in presses for b in budgets],
+        stop=backend.stop,
+        model_name=getattr(model.config, "_name_or_path", "") or type(model).__name__,
         output=output,
         resume=resume,
-        desc="kvpress",
         progress=progress,
-    ):
-        prompt = build_prompt(tokenizer, sample, setting)
-        shared, prefill_seconds = None, 0.0
-        if any(p not in _DEDICATED for p, _ in wanted):
+    )
+
+
+class Presses:
+    """The :class:`~judgeq_cache.eval.loop.Backend` of kvpress's presses: one :class:`KVPressPrefill`
+    per prompt serves every press (the caches of equal size decode as one batch); a press with its
+    own context manager (KVzip) gets a dedicated prefill."""
+
+    source = "kvpress"
+    desc = "kvpress"
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.stop = utils.eos_token_ids(model, tokenizer)
+
+    def labels(self, press: str, budget: int | float) -> tuple[str, str]:
+        return press, budget_label(budget)
+
+    def answers(self, sample: Sample, setting: str, prompt: PromptLayout, wanted: list) -> Iterator[tuple]:
+        n = prompt.compressed.shape[1]
+        batched = [(p, b) for p, b in wanted if p not in _DEDICATED]
+        if batched:
             start = time.perf_counter()
-            shared = KVPressPrefill(model, prompt.compressed)
+            shared = KVPressPrefill(self.model, prompt.compressed)
             prefill_seconds = time.perf_counter() - start
-        ctx = _Job(tokenizer, sample, setting, prompt, stop, model_name, output, prefill_seconds)
-        batched = [(p, b) for p, b in wanted if shared is not None and p not in _DEDICATED]
-        yield from _run_batched(ctx, shared, batched)
+            built, info = {}, {}
+            for press_name, budget in batched:
+                press = PRESSES[press_name](_ratio(budget, n))
+                start = time.perf_counter()
+                cache = built[(press_name, budget)] = shared.compressed(press)
+                info[(press_name, budget)] = (press, time.perf_counter() - start, utils.kv_bytes(cache))
+
+            def decode(stacked):
+                return greedy_decode(
+                    self.model, stacked, n, prompt.appended, shared.logits, sample.max_new_tokens, self.stop
+                )
+
+            for job, ids, decode_seconds in decode_in_batches(built, stack_caches, decode):
+                press, seconds, kv_bytes = info[job]
+                kept = built[job].get_seq_length() / n
+                total = prefill_seconds + seconds + decode_seconds
+                yield job, Answer(ids, kept, kv_bytes, total, extra=_extra(prefill_seconds, press))
         for press_name, budget in wanted:
-            if (press_name, budget) in batched:
+            if press_name not in _DEDICATED:
                 continue
             try:
-                yield _run_dedicated(ctx, model, press_name, budget)
+                yield (press_name, budget), self._dedicated(sample, prompt, press_name, budget)
             except Exception as err:
                 # e.g. KVzip's fake-key search failing on some models
                 logger.error("%s failed on %s (%s): %s; skipped", press_name, sample.sample_id, setting, err)
 
-
-@dataclass
-class _Job:
-    """One prompt (sample x setting) being answered by several presses."""
-
-    tokenizer: Any
-    sample: Sample
-    setting: str
-    prompt: PromptLayout
-    stop: set[int]
-    model_name: str
-    output: str | os.PathLike | None
-    prefill_seconds: float
-
-    @property
-    def context_length(self) -> int:
-        return self.prompt.compressed.shape[1]
-
-    def record(
-        self, press_name: str, press, budget, ids: torch.Tensor, kept: float, kv_bytes: int, seconds: float
-    ):
-        """The JSONL record of one answer (appended to ``output``)."""
-        sample = self.sample
-        _, text = decode_answer(self.tokenizer, ids, self.stop)
-        record = Record(
-            task=sample.task,
-            index=sample.index,
-            setting=self.setting,
-            method=press_name,
-            budget=budget_label(budget),
-            source="kvpress",
-            answer=text,
-            references=list(sample.answers),
-            score=score(sample.metric, text, sample.answers, **sample.meta.get("metric_kwargs", {})),
-            kept_fraction=kept,
-            kv_bytes=kv_bytes,
-            seconds=seconds,
-            prompt_tokens=self.context_length,
-            model=self.model_name,
-            extra={"prefill_seconds": self.prefill_seconds, "compression_ratio": press.compression_ratio},
-        )
-        if self.output is not None:
-            append_record(self.output, record)
-        return record
-
-
-def _run_batched(
-    job: _Job, shared: KVPressPrefill | None, presses: list[tuple[str, Any]]
-) -> Iterator[Record]:
-    """Compress ``shared`` with each ``(press, budget)``, decode the caches of equal size as one batch
-    (exactly as alone; a batch's decode time is split evenly over its rows) and yield the records."""
-    n = job.context_length
-    built = {}
-    for press_name, budget in presses:
+    def _dedicated(self, sample: Sample, prompt: PromptLayout, press_name: str, budget) -> Answer:
+        """A press with its own prefill (KVzip): compress, decode."""
+        model, n = self.model, prompt.compressed.shape[1]
         press = PRESSES[press_name](_ratio(budget, n))
         start = time.perf_counter()
-        cache = shared.compressed(press)
-        built[(press_name, budget)] = (cache, press, time.perf_counter() - start)
-    for chunk in size_batches({key: cache for key, (cache, _, _) in built.items()}):
-        caches = [built[key][0] for key in chunk]
-        sizes = [(utils.kv_bytes(c), c.get_seq_length() / n) for c in caches]
-        start = time.perf_counter()
-        rows = greedy_decode(
-            shared.model,
-            stack_caches(caches),
-            n,
-            job.prompt.appended,
-            shared.logits,
-            job.sample.max_new_tokens,
-            job.stop,
-        )
-        share = (time.perf_counter() - start) / len(chunk)
-        for (press_name, budget), ids, (kv_bytes, kept) in zip(chunk, rows, sizes):
-            _, press, seconds = built[(press_name, budget)]
-            total = job.prefill_seconds + seconds + share
-            yield job.record(press_name, press, budget, ids, kept, kv_bytes, total)
+        cache, first = _dedicated(model, self.tokenizer, prompt.compressed, press)
+        kv_bytes = utils.kv_bytes(cache)
+        kept = cache.get_seq_length() / n
+        masked = _masked_fraction(model, n)
+        if masked is not None:
+            # "Fake" (masked) compression: entries stay stored but are hidden from attention. Report
+            # the memory an implementation that drops them would hold.
+            kept = 1.0 - masked
+            kv_bytes = int(kv_bytes * kept)
+        try:
+            (ids,) = greedy_decode(model, cache, n, prompt.appended, first, sample.max_new_tokens, self.stop)
+        finally:
+            for module in _attention_modules(model):
+                if getattr(module, "masked_key_indices", None) is not None:
+                    module.masked_key_indices = None
+        return Answer(ids, kept, kv_bytes, time.perf_counter() - start, extra=_extra(0.0, press))
+
+
+def _extra(prefill_seconds: float, press) -> dict[str, Any]:
+    return {"prefill_seconds": prefill_seconds, "compression_ratio": press.compression_ratio}
 
 
 def _ratio(budget: int | float, n: int) -> float:
     kept = budget if isinstance(budget, float) else min(1.0, budget / n)
     return max(0.0, min(0.99, 1.0 - kept))
-
-
-def _run_dedicated(job: _Job, model, press_name: str, budget) -> Record:
-    """A press with its own prefill (KVzip): compress, decode, record."""
-    n = job.context_length
-    press = PRESSES[press_name](_ratio(budget, n))
-    start = time.perf_counter()
-    cache, first = _dedicated(model, job.tokenizer, job.prompt.compressed, press)
-    kv_bytes = utils.kv_bytes(cache)
-    kept = cache.get_seq_length() / n
-    masked = _masked_fraction(model, n)
-    if masked is not None:
-        # "Fake" (masked) compression: entries stay stored but are hidden from attention. Report
-        # the memory an implementation that drops them would hold.
-        kept = 1.0 - masked
-        kv_bytes = int(kv_bytes * kept)
-    try:
-        (ids,) = greedy_decode(
-            model, cache, n, job.prompt.appended, first, job.sample.max_new_tokens, job.stop
-        )
-    finally:
-        for module in _attention_modules(model):
-            if getattr(module, "masked_key_indices", None) is not None:
-                module.masked_key_indices = None
-    return job.record(press_name, press, budget, ids, kept, kv_bytes, time.perf_counter() - start)

@@ -6,27 +6,25 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..adapter import JudgeQAdapter
 from ..cache import EvictionCache
 from ..hitrate import hit_rate, needle_recall
 from ..prefill import SharedPrefill
+from ..utils import cache_kwarg, eos_token_ids
 from .layouts import PromptLayout as Prompt
-from .layouts import build_prompt
-from .metrics import score
+from .loop import Answer, check_known, decode_answer, decode_in_batches, run_backend
 from .needles import needle_positions
-from .records import Record, append_record, budget_label, label_for, read_records, record_key
+from .records import Record, budget_label, label_for
 from .tasks import Sample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "cache_kwarg", "decode_answer", "eos_ids", "evaluate", "kept_fraction"]
+__all__ = ["METHODS", "OurMethods", "evaluate", "kept_fraction", "scorer_of"]
 
 #: Our methods and the scorer options the harness uses for them ("full" = no eviction; ``scorer``
 #: names the scorer of a variant, otherwise the method name is the scorer name).
@@ -53,50 +51,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Compressed copies decoded together in one batch (at most).
-DECODE_BATCH = 16
-
-
 def scorer_of(method: str) -> str:
     """The scorer a harness method runs (``"judgeq-shared"`` runs ``"judgeq"``)."""
     return METHODS.get(method, {}).get("scorer", method)
-
-
-def size_batches(caches: dict[Any, Any]) -> Iterator[list[Any]]:
-    """Keys of ``caches`` grouped by the number of entries each stores per layer (only equal sizes
-    can share a batch), in chunks of at most :data:`DECODE_BATCH`."""
-    groups: dict[tuple[int, ...], list] = defaultdict(list)
-    for key, cache in caches.items():
-        groups[tuple(layer.keys.shape[-2] for layer in cache.layers)].append(key)
-    for members in groups.values():
-        for i in range(0, len(members), DECODE_BATCH):
-            yield members[i : i + DECODE_BATCH]
-
-
-def cache_kwarg(model) -> str:
-    """``"cache"`` on transformers >= 5.24, ``"past_key_values"`` before."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    """Token ids that end an answer."""
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def decode_answer(tokenizer, ids: torch.Tensor, stop: set[int]) -> tuple[torch.Tensor, str]:
-    """Cut ``ids`` (``[T]``) at the first stop token; return the kept ids and their text."""
-    ids = ids.flatten()
-    for i, t in enumerate(ids.tolist()):
-        if t in stop:
-            ids = ids[:i]
-            break
-    return ids, tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def kept_fraction(cache: EvictionCache, prompt_length: int) -> float:
@@ -183,128 +140,91 @@ def evaluate(
     """
     settings, methods, budgets = list(settings), list(methods), list(budgets)
     check_known(methods, METHODS, "methods")
-    stop = eos_ids(model, tokenizer)
-    model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    backend = OurMethods(model, tokenizer, budgets, adapter, adapter_label, with_hit_rate)
     jobs = [(m, b) for m in methods for b in ([None] if m == "full" else budgets)]
+    yield from run_backend(
+        backend,
+        tokenizer,
+        samples,
+        settings,
+        jobs,
+        stop=backend.stop,
+        model_name=getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        output=output,
+        resume=resume,
+        progress=progress,
+    )
 
-    def labels(method: str, budget: int | float | None) -> tuple[str, str]:
-        return label_for(method, adapter_label), "full" if budget is None else budget_label(budget)
 
-    for sample, setting, wanted in pending_prompts(
-        samples, settings, jobs, labels, output=output, resume=resume, desc="eval", progress=progress
-    ):
-        prompt = build_prompt(tokenizer, sample, setting)
-        n = prompt.compressed.shape[1]
+class OurMethods:
+    """The :class:`~judgeq_cache.eval.loop.Backend` of this package's methods: one
+    :class:`SharedPrefill` per prompt; ``"full"`` decodes it whole (and its answer is the oracle's
+    future); every other job compresses its own copy, and copies of equal size decode as one batch."""
+
+    source = "judgeq_cache"
+    desc = "eval"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        budgets: list[int | float],
+        adapter: JudgeQAdapter | None,
+        adapter_label: str,
+        with_hit_rate: bool,
+    ) -> None:
+        self.model, self.tokenizer, self.budgets = model, tokenizer, budgets
+        self.adapter, self.adapter_label, self.with_hit_rate = adapter, adapter_label, with_hit_rate
+        self.stop = eos_token_ids(model, tokenizer)
+
+    def labels(self, method: str, budget: int | float | None) -> tuple[str, str]:
+        return label_for(method, self.adapter_label), "full" if budget is None else budget_label(budget)
+
+    @torch.no_grad()
+    def answers(self, sample, setting: str, prompt: Prompt, wanted: list) -> Iterator[tuple[Any, Answer]]:
+        model, n = self.model, prompt.compressed.shape[1]
         start = time.perf_counter()
         all_queries = any(scorer_of(m) == "h2o" for m, _ in wanted)
         shared = SharedPrefill(model, prompt.compressed, window_size=32, all_queries=all_queries)
         prefill_seconds = time.perf_counter() - start
-        full = None  # (ids, kv_bytes, seconds) of the full cache, reused by the oracle
-        needs_oracle = with_hit_rate or any(scorer_of(m) == "oracle" for m, _ in wanted)
+        extra = {"prefill_seconds": prefill_seconds}
+        answers: dict[Any, Answer] = {}
+        needs_oracle = self.with_hit_rate or any(scorer_of(m) == "oracle" for m, _ in wanted)
+        future = None
         if needs_oracle or any(m == "full" for m, _ in wanted):
-            full = _decode(model, shared, "full", None, adapter, prompt, sample, None)
-        future = _future(prompt, full[0], stop, tokenizer) if needs_oracle else None
-        critical = _critical(shared, future, budgets) if with_hit_rate else {}
-        needles = needle_positions(tokenizer, sample, setting)
-        answers = _decode_together(
-            model, shared, [(m, b) for m, b in wanted if m != "full"], adapter, prompt, sample, future
-        )
+            start = time.perf_counter()
+            cache = shared.full_cache()
+            kv_bytes = cache.kv_bytes()
+            ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)[0]
+            seconds = time.perf_counter() - start + prefill_seconds
+            answers[("full", None)] = Answer(ids, 1.0, kv_bytes, seconds, extra=extra)
+            future = _future(prompt, ids, self.stop, self.tokenizer) if needs_oracle else None
+        critical = _critical(shared, future, self.budgets) if self.with_hit_rate else {}
+        needles = needle_positions(self.tokenizer, sample, setting)
+        built, sizes = {}, {}  # job -> compressed copy; job -> (seconds to build it, its KV bytes)
         for method, budget in wanted:
-            ids, kv_bytes, cache, seconds = full if method == "full" else answers[(method, budget)]
-            seconds += prefill_seconds
-            _, text = decode_answer(tokenizer, ids, stop)
-            hit = recall = None
-            if method != "full" and budget in critical:
-                hit = hit_rate(cache.kept_indices, critical[budget])
-            if method != "full" and needles:
-                recall = needle_recall(cache.kept_indices, needles)
-            record = Record(
-                task=sample.task,
-                index=sample.index,
-                setting=setting,
-                method=method,
-                budget="full" if budget is None else budget_label(budget),
-                source="judgeq_cache",
-                answer=text,
-                references=list(sample.answers),
-                score=score(sample.metric, text, sample.answers, **sample.meta.get("metric_kwargs", {})),
-                kept_fraction=1.0 if method == "full" else kept_fraction(cache, n),
-                kv_bytes=kv_bytes,
-                seconds=seconds,
-                prompt_tokens=n,
-                hit_rate=hit,
-                model=model_name,
-                adapter=adapter_label if scorer_of(method) == "judgeq" else "",
-                extra={"prefill_seconds": prefill_seconds}
-                if recall is None
-                else {"prefill_seconds": prefill_seconds, "needle_recall": recall},
+            if method != "full":
+                start = time.perf_counter()
+                cache = built[(method, budget)] = _method_cache(shared, method, budget, self.adapter, future)
+                sizes[(method, budget)] = (time.perf_counter() - start, cache.kv_bytes())
+        decoded = decode_in_batches(
+            built, shared.stack, lambda c: _answer_ids(model, shared, c, prompt, sample.max_new_tokens)
+        )
+        for (method, budget), ids, decode_seconds in decoded:
+            cache, (build_seconds, kv_bytes) = built[(method, budget)], sizes[(method, budget)]
+            answers[(method, budget)] = Answer(
+                ids,
+                kept_fraction(cache, n),
+                kv_bytes,
+                prefill_seconds + build_seconds + decode_seconds,
+                hit_rate=hit_rate(cache.kept_indices, critical[budget]) if budget in critical else None,
+                adapter=self.adapter_label if scorer_of(method) == "judgeq" else "",
+                extra={**extra, "needle_recall": needle_recall(cache.kept_indices, needles)}
+                if needles
+                else extra,
             )
-            if output is not None:
-                append_record(output, record)
-            yield record
-
-
-def check_known(names: list[str], known: Iterable[str], what: str) -> None:
-    """Raise ``ValueError`` naming the ``names`` that are not in ``known`` (``what``: "methods"...)."""
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {sorted(known)}")
-
-
-def pending_prompts(
-    samples: Sequence[Sample],
-    settings: list[str],
-    jobs: list[tuple[str, Any]],
-    labels: Callable[[str, Any], tuple[str, str]],
-    *,
-    output: str | os.PathLike | None,
-    resume: bool,
-    desc: str,
-    progress: bool,
-) -> Iterator[tuple[Sample, str, list[tuple[str, Any]]]]:
-    """Every ``(sample, setting)`` prompt, with its ``(method, budget)`` ``jobs`` whose records are not
-    in ``output`` yet (all of them unless ``resume``), under a progress bar; prompts with none left are
-    skipped. ``labels(method, budget)`` gives the method and budget labels of a job's record key."""
-    done = {r.key for r in read_records(output)} if resume and output is not None else set()
-    prompts = [(s, setting) for s in samples for setting in settings]
-    for sample, setting in tqdm(prompts, desc=desc, unit="prompt", disable=not progress):
-        wanted = [
-            job for job in jobs if record_key(sample.task, sample.index, setting, *labels(*job)) not in done
-        ]
-        if wanted:
-            yield sample, setting, wanted
-
-
-def _decode(model, shared, method, budget, adapter, prompt, sample, future):
-    """``(answer ids, kv bytes after compression, cache, seconds)`` of one method at one budget."""
-    start = time.perf_counter()
-    with torch.no_grad():
-        cache = _method_cache(shared, method, budget, adapter, future)
-        kv_bytes = cache.kv_bytes()
-        ids = _answer_ids(model, shared, cache, prompt, sample.max_new_tokens)[0]
-    return ids, kv_bytes, cache, time.perf_counter() - start
-
-
-def _decode_together(model, shared, jobs, adapter, prompt, sample, future) -> dict[tuple[str, Any], tuple]:
-    """:func:`_decode` for many ``(method, budget)`` jobs: each compresses its own copy, then copies
-    that store the same number of entries per layer decode as rows of one batch (exactly as alone;
-    see :meth:`SharedPrefill.stack`). A batch's decode time is split evenly over its rows."""
-    built = {}
-    for method, budget in jobs:
-        start = time.perf_counter()
-        with torch.no_grad():
-            cache = _method_cache(shared, method, budget, adapter, future)
-        built[(method, budget)] = (cache, cache.kv_bytes(), time.perf_counter() - start)
-    out = {}
-    for chunk in size_batches({job: cache for job, (cache, _, _) in built.items()}):
-        start = time.perf_counter()
-        stacked = shared.stack([built[job][0] for job in chunk])
-        rows = _answer_ids(model, shared, stacked, prompt, sample.max_new_tokens)
-        share = (time.perf_counter() - start) / len(chunk)
-        for job, ids in zip(chunk, rows):
-            cache, kv_bytes, seconds = built[job]
-            out[job] = (ids, kv_bytes, cache, seconds + share)
-    return out
+        for job in wanted:
+            yield job, answers[job]
 
 
 def _future(prompt: Prompt, full_ids: torch.Tensor, stop, tokenizer) -> torch.Tensor | None:

@@ -189,8 +189,8 @@ def needle_answer(model, tokenizer, sample, cache, chunk: int | None) -> float:
     """Score of ``cache``'s greedy answer to ``sample`` (query-agnostic): the context prefilled in one
     forward or in ``chunk``-token chunks, then the question appended by ``generate``."""
     from judgeq_cache.eval.layouts import build_prompt
-    from judgeq_cache.eval.metrics import score
     from judgeq_cache.eval.loop import decode_answer
+    from judgeq_cache.eval.metrics import score
     from judgeq_cache.utils import eos_token_ids
 
     prompt = build_prompt(tokenizer, sample, "query-agnostic")

@@ -287,6 +287,11 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
             raise ValueError("caches built for different model instances cannot share a batch")
         if not all(c.is_compressed for c in caches):
             raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
+        if any(c.decode_every is not None for c in caches):
+            raise ValueError(
+                "stack cannot carry decode-time eviction (each row would need its own scorer and "
+                "positions); decode caches built with decode_every one by one"
+            )
         lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
         if len(lengths) > 1:
             raise ValueError(

@@ -47,7 +47,7 @@ def test_shared_prefill_matches_a_dedicated_prefill_for_every_scorer(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_stacked_caches_decode_like_each_alone(arch):
-    _, _, shared, adapter = prefilled(arch, seed=1)
+    model, ids, shared, adapter = prefilled(arch, seed=1)
     caches = [
         shared.cache(0.25, "snapkv", window_size=8),
         shared.cache(0.25, "judgeq", adapter=adapter, shared_heads=True),
@@ -59,6 +59,11 @@ def test_stacked_caches_decode_like_each_alone(arch):
     assert together.shape == alone.shape and torch.equal(together, alone)
     with pytest.raises(ValueError, match="different numbers of entries"):
         shared.stack([caches[0], shared.cache(0.5, "snapkv", window_size=8)])
+    decoding = EvictionCache(model, 0.25, "snapkv", window_size=8, decode_every=4)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_kwargs(model, decoding))
+    with pytest.raises(ValueError, match="decode-time eviction"):
+        shared.stack([caches[0], decoding])
 
 
 def test_window_mismatch_is_a_clear_error():

@@ -16,7 +16,17 @@ from test_cache import build_cache, prompt
 from judgeq_cache import Budget, eviction
 from judgeq_cache.capture import attention_modules
 
-SCORERS = ["judgeq", "snapkv", "tova", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
+SCORERS = [
+    "judgeq",
+    "judgeq-hybrid",
+    "snapkv",
+    "tova",
+    "streamingllm",
+    "h2o",
+    "pyramidkv",
+    "random",
+    "oracle",
+]
 CHUNK, BUDGET, LENGTH = 16, 8, 60
 
 
@@ -127,7 +137,9 @@ def _chunked_run(model, cache, ids, mask, question):
     return logits, masked_logits_per_step(model, steps, keeps), real
 
 
-@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "tova", "streamingllm", "h2o", "pyramidkv"])
+@pytest.mark.parametrize(
+    "scorer", ["judgeq", "judgeq-hybrid", "snapkv", "tova", "streamingllm", "h2o", "pyramidkv"]
+)
 @pytest.mark.parametrize("padded", [False, True])
 def test_each_chunk_sees_exactly_what_was_kept_before_it(scorer, padded):
     """After each chunk the next forward equals the full cache with exactly the evicted entries masked
@@ -256,7 +268,7 @@ def test_decode_every_never_stores_more_than_budget_plus_every(scorer, length):
     assert cache.get_seq_length() == length + new - 1
 
 
-@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "tova", "streamingllm", "h2o"])
+@pytest.mark.parametrize("scorer", ["judgeq", "judgeq-hybrid", "snapkv", "tova", "streamingllm", "h2o"])
 def test_decode_steps_see_exactly_what_was_kept(scorer, monkeypatch):
     """Feed tokens one by one (and a 3-token question): each forward equals the full cache with the
     entries evicted so far masked out."""
@@ -383,15 +395,15 @@ def test_chunked_generate_with_compress_false_then_compress_equals_one_shot():
     last chunk) and a later compress() selects exactly what a one-shot prefill selects."""
     model = make_model("llama")
     ids = prompt(length=LENGTH)
-    later = build_cache(model, "judgeq", BUDGET, auto_compress=False)
+    later = build_cache(model, "judgeq-hybrid", BUDGET, auto_compress=False)
     model.generate(
         ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=CHUNK, **cache_kwargs(model, later)
     )
     assert later.layers[0].stored_length == LENGTH and not later.is_compressed
     later.compress()
-    one_shot = build_cache(model, "judgeq", BUDGET)
+    one_shot = build_cache(model, "judgeq-hybrid", BUDGET)
     with torch.no_grad():
         model(input_ids=ids, **cache_kwargs(model, one_shot))
-    assert one_shot.scorer.window_weight > 0  # the hybrid default: its window came from the last chunk
+    assert one_shot.scorer.window_weight > 0  # the hybrid: its window came from the last chunk
     for layer, kept in one_shot.kept_indices.items():
         assert torch.equal(later.kept_indices[layer], kept)

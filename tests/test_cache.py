@@ -12,10 +12,13 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, prefill_record
 from judgeq_cache.layers import EvictableLayer
 
-SCORERS = ["judgeq", "snapkv", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
+SCORERS = ["judgeq", "judgeq-hybrid", "snapkv", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
 
 
 def build_cache(model, scorer: str, budget, future_ids=None, **options):
+    if scorer == "judgeq-hybrid":  # a quarter of the score from the last prompt query's attention
+        scorer = "judgeq"
+        options = {"window_weight": 0.25, "window_size": 1, **options}
     if scorer == "judgeq":
         return JudgeQCache(model, JudgeQAdapter.init_for(model, num_soft_tokens=6, seed=1), budget, **options)
     if scorer == "oracle":

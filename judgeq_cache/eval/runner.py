@@ -37,10 +37,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "streamingllm": {},
     "random": {},
     # The same positions kept in every KV head of a layer (see Scorer.shared_heads).
-    # "judgeq" is JudgeQCache's default selection (shared heads + a quarter of the last query's
-    # attention, chosen on a dev split); the soft tokens alone, shared and per head (the paper's):
+    # "judgeq" is JudgeQCache's default selection (shared heads, the soft tokens alone, chosen on a
+    # dev split); "judgeq-shared" names the same selection explicitly; per head is the paper's:
     "judgeq-shared": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.0},
     "judgeq-perhead": {"scorer": "judgeq", "shared_heads": False, "window_weight": 0.0},
+    # The hybrid: a quarter of the score from the last prompt query's attention (TOVA's signal).
+    "judgeq-hybrid": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.25, "window_size": 1},
     "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
     # TOVA at prefill (kvpress's TOVAPress): last prompt query, heads averaged.
     "tova": {},

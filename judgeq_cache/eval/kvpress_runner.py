@@ -203,12 +203,9 @@ def evaluate_kvpress(
     backend = Presses(model, tokenizer)
     yield from run_backend(
         backend,
-        tokenizer,
         samples,
         settings,
         [(p, b) for p in presses for b in budgets],
-        stop=backend.stop,
-        model_name=getattr(model.config, "_name_or_path", "") or type(model).__name__,
         output=output,
         resume=resume,
         progress=progress,

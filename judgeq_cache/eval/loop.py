@@ -51,6 +51,10 @@ class Backend(Protocol):
     #: ``Record.source`` of its answers, and the progress-bar label.
     source: str
     desc: str
+    #: The model and tokenizer it answers with, and the token ids that end an answer.
+    model: Any
+    tokenizer: Any
+    stop: set[int]
 
     def labels(self, method: str, budget: Any) -> tuple[str, str]:
         """The method and budget labels of a job's record key."""
@@ -81,19 +85,18 @@ def decode_answer(tokenizer, ids: torch.Tensor, stop: set[int]) -> tuple[torch.T
 
 def run_backend(
     backend: Backend,
-    tokenizer,
     samples: Sequence[Sample],
     settings: list[str],
     jobs: list[Job],
     *,
-    stop: set[int],
-    model_name: str,
     output: str | os.PathLike | None,
     resume: bool,
     progress: bool,
 ) -> Iterator[Record]:
     """Answer every ``(sample, setting)`` prompt with the ``jobs`` whose records are not in ``output``
     yet (all of them unless ``resume``); yield each record and append it to ``output``."""
+    tokenizer, stop = backend.tokenizer, backend.stop
+    model_name = getattr(backend.model.config, "_name_or_path", "") or type(backend.model).__name__
     done = {r.key for r in read_records(output)} if resume and output is not None else set()
     prompts = [(s, setting) for s in samples for setting in settings]
     for sample, setting in tqdm(prompts, desc=backend.desc, unit="prompt", disable=not progress):

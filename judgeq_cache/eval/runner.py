@@ -146,12 +146,9 @@ def evaluate(
     jobs = [(m, b) for m in methods for b in ([None] if m == "full" else budgets)]
     yield from run_backend(
         backend,
-        tokenizer,
         samples,
         settings,
         jobs,
-        stop=backend.stop,
-        model_name=getattr(model.config, "_name_or_path", "") or type(model).__name__,
         output=output,
         resume=resume,
         progress=progress,

@@ -38,5 +38,13 @@ class Budget:
             return max(1, min(prompt_length, round(self.value * prompt_length)))
         return min(self.value, prompt_length)
 
+    def fraction(self, prompt_length: int) -> float:
+        """The kept fraction of a prompt of ``prompt_length`` tokens: the fraction itself, or the
+        entry count over the length (at most 1)."""
+        if isinstance(self.value, float):
+            return self.value
+        return min(1.0, self.value / prompt_length)
+
     def __str__(self) -> str:
-        return f"{self.value:.0%}" if isinstance(self.value, float) else str(self.value)
+        """``"25%"``, ``"12.5%"`` for fractions, ``"256"`` for entry counts (the records' budget label)."""
+        return f"{self.value * 100:g}%" if isinstance(self.value, float) else str(self.value)

@@ -38,6 +38,7 @@ from kvpress import (
 from transformers import DynamicCache
 
 from .. import utils
+from ..budget import Budget
 from .layouts import PromptLayout
 from .loop import Answer, check_known, decode_in_batches, run_backend
 from .records import Record, budget_label
@@ -288,5 +289,4 @@ def _extra(prefill_seconds: float, press) -> dict[str, Any]:
 
 
 def _ratio(budget: int | float, n: int) -> float:
-    kept = budget if isinstance(budget, float) else min(1.0, budget / n)
-    return max(0.0, min(0.99, 1.0 - kept))
+    return max(0.0, min(0.99, 1.0 - Budget.parse(budget).fraction(n)))

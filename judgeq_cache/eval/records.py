@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget import Budget
+
 __all__ = [
     "Record",
     "append_record",
@@ -113,8 +115,8 @@ def _number(text: str) -> int | float:
 
 
 def budget_label(budget: int | float) -> str:
-    """``0.25`` -> ``"25%"``, ``256`` -> ``"256"``."""
-    return f"{budget * 100:g}%" if isinstance(budget, float) else str(budget)
+    """``0.25`` -> ``"25%"``, ``256`` -> ``"256"`` (:class:`~judgeq_cache.budget.Budget`'s label)."""
+    return str(Budget.parse(budget))
 
 
 def read_records(*paths: str | os.PathLike) -> list[Record]:

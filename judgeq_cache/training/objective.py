@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import kernels
 from ..adapter import JudgeQAdapter
+from ..budget import Budget
 from ..hitrate import hit_rate, needle_recall
 from ..scorers import LayerInputs, Scorer, make_scorer
 from .config import LOSSES, TrainConfig
@@ -162,7 +163,7 @@ def evaluate_hit_rates(
         needles = getattr(example, "needles", None)
         for b, n in enumerate(example.lengths):
             for budget in budgets:
-                k = max(1, min(n, round(budget * n)))
+                k = Budget.parse(budget).entries(n)
                 critical = {
                     layer: kernels.select_indices(t[b : b + 1, :, -n:].float(), k)
                     for layer, t in example.target.items()

@@ -52,7 +52,7 @@ class SharedPrefill:
         self.attention_mask = attention_mask
         n = input_ids.shape[1]
         sizes = [window_size] if isinstance(window_size, int) else list(window_size)
-        sizes.append(1)  # the last query, always: TOVA and Judge Q's default hybrid score read it
+        sizes.append(1)  # the last query, always: TOVA and Judge Q's hybrid score read it
         self.window_sizes = sorted({min(w, n) for w in sizes})
         self._base = EvictionCache(model, 1, "random", auto_compress=False)
         mask = None if attention_mask is None else attention_mask.bool()

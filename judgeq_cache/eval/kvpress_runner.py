@@ -24,17 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import kvpress  # noqa: F401  (ImportError here means: kvpress is not installed)
+import kvpress  # ImportError here means: kvpress is not installed
 import torch
-from kvpress import (
-    ExpectedAttentionPress,
-    KnormPress,
-    KVzipPress,
-    RandomPress,
-    SnapKVPress,
-    StreamingLLMPress,
-    TOVAPress,
-)
 from transformers import DynamicCache
 
 from .. import utils
@@ -50,13 +41,13 @@ __all__ = ["PRESSES", "KVPressPrefill", "Presses", "evaluate_kvpress"]
 
 #: Method name -> press factory taking kvpress's ``compression_ratio`` (fraction *removed*).
 PRESSES: dict[str, Callable[[float], Any]] = {
-    "kvpress-snapkv": lambda r: SnapKVPress(compression_ratio=r),
-    "kvpress-streamingllm": lambda r: StreamingLLMPress(compression_ratio=r),
-    "kvpress-expected_attention": lambda r: ExpectedAttentionPress(compression_ratio=r),
-    "kvpress-tova": lambda r: TOVAPress(compression_ratio=r),
-    "kvpress-knorm": lambda r: KnormPress(compression_ratio=r),
-    "kvpress-random": lambda r: RandomPress(compression_ratio=r, seed=0),
-    "kvpress-kvzip": lambda r: KVzipPress(compression_ratio=r),
+    "kvpress-snapkv": lambda r: kvpress.SnapKVPress(compression_ratio=r),
+    "kvpress-streamingllm": lambda r: kvpress.StreamingLLMPress(compression_ratio=r),
+    "kvpress-expected_attention": lambda r: kvpress.ExpectedAttentionPress(compression_ratio=r),
+    "kvpress-tova": lambda r: kvpress.TOVAPress(compression_ratio=r),
+    "kvpress-knorm": lambda r: kvpress.KnormPress(compression_ratio=r),
+    "kvpress-random": lambda r: kvpress.RandomPress(compression_ratio=r, seed=0),
+    "kvpress-kvzip": lambda r: kvpress.KVzipPress(compression_ratio=r),
 }
 #: Presses that need their own prefill (custom ``__call__``).
 _DEDICATED = {"kvpress-kvzip"}

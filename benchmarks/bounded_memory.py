@@ -43,7 +43,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, cliargs
 from judgeq_cache.bench import corpus_prompt
 from judgeq_cache.cliargs import choice_list, int_list, positive_int
 from judgeq_cache.models import load_model
@@ -269,7 +269,9 @@ def main() -> int:
     parser.add_argument("--needle-samples", type=int, default=4, help="per needle task (0 = skip)")
     parser.add_argument("--needle-length", type=positive_int, default=2048)
     parser.add_argument("--needle-chunk", type=positive_int, default=512)
-    parser.add_argument("--needle-budget", type=float, default=0.25, help="kept fraction (<1) or entries")
+    parser.add_argument(
+        "--needle-budget", type=cliargs.budget, default=0.25, help="kept fraction (0.25) or entries (256)"
+    )
     parser.add_argument("--needle-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--skip-prefill", action="store_true")
@@ -280,8 +282,6 @@ def main() -> int:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.needle_budget >= 1:
-        args.needle_budget = int(args.needle_budget)
     if args.probe:
         row = prefill_probe(args.probe, args.lengths[0], args.budget, args.method, args.adapter)
         sys.stdout.write(json.dumps(row) + "\n")

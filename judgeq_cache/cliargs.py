@@ -20,6 +20,7 @@ __all__ = [
     "add_model_arguments",
     "adapter_source",
     "at_least",
+    "budget",
     "budget_list",
     "choice_list",
     "dataclass_from_args",
@@ -104,18 +105,20 @@ def int_list(minimum: int = 1) -> Callable[[str], list[int]]:
     return parse
 
 
-def budget_list(text: str) -> list[int | float]:
-    """A ``type=`` for comma lists of budgets: integers are entries per KV head (``256``), decimals and
-    percentages are kept fractions in ``(0, 1)`` (``0.25``, ``25%``); ``2.0`` is an error."""
+def budget(text: str) -> int | float:
+    """A ``type=`` for one budget: an integer is entries per KV head (``256``), a decimal or a
+    percentage a kept fraction in ``(0, 1)`` (``0.25``, ``25%``); ``2.0`` is an error."""
     from .eval.records import parse_budget
 
-    budgets = []
-    for item in _items(text):
-        try:
-            budgets.append(parse_budget(item))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return budgets
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def budget_list(text: str) -> list[int | float]:
+    """A ``type=`` for comma lists of budgets (each as :func:`budget` reads it)."""
+    return [budget(item) for item in _items(text)]
 
 
 def choice_list(choices: Iterable[str], what: str = "value") -> Callable[[str], list[str]]:

@@ -264,11 +264,13 @@ class PromptCompression(triggers.EvictionTriggers):
         budgets: list[list[int]],
         attention: dict[int, torch.Tensor] | None,
         window: dict[int, torch.Tensor] | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         """The one eviction path of every trigger: each evictable layer keeps ``budgets`` (``[layer][row]``)
-        of the entries it stores now, chosen by the scorer (``attention``: captured scores over the
-        stored entries; the scoring pass runs here for scorers with appended tokens; ``window``: the
-        last queries' attention that hybrid scorers mix in)."""
+        of the entries it stores now, chosen by ``scorer`` (default: the cache's; ``attention``: captured
+        scores over the stored entries; the scoring pass runs here for scorers with appended tokens;
+        ``window``: the last queries' attention that hybrid scorers mix in)."""
+        scorer = self.scorer if scorer is None else scorer
         masks = {i: self._stored_mask(i) for i in self._evictable}
         due = [
             (i, rows)
@@ -277,13 +279,13 @@ class PromptCompression(triggers.EvictionTriggers):
         ]
         if not due:
             return
-        source = self.scorer.query_source
+        source = scorer.query_source
         if attention is None and source == "appended":
             rows = self._prefill.key_mask.shape[0]
-            attention = self._appended_scores(self.scorer.appended_inputs(rows, self._base_model), masks)
+            attention = self._appended_scores(scorer.appended_inputs(rows, self._base_model), masks)
         if attention is None and source != "none":
             raise RuntimeError(
-                f"scorer {self.scorer.name!r} needs the prompt's queries, which are captured during the "
+                f"scorer {scorer.name!r} needs the prompt's queries, which are captured during the "
                 "prefill forward; with auto_compress=False pass them to compress(attention=...)"
             )
         for layer_idx, rows in due:
@@ -291,7 +293,7 @@ class PromptCompression(triggers.EvictionTriggers):
             positions = eviction.stored_positions(layer, self.kept_indices.get(layer_idx))
             scores = None if attention is None else attention.get(layer_idx)
             recent = None if window is None else window.get(layer_idx)
-            kept = eviction.evict_layer(layer_idx, layer, rows, self.scorer, scores, masks[layer_idx], recent)
+            kept = eviction.evict_layer(layer_idx, layer, rows, scorer, scores, masks[layer_idx], recent)
             if kept is None:
                 continue
             if positions is None:  # a stacked cache: the positions of its kept slots are not known

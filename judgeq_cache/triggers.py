@@ -198,7 +198,8 @@ class EvictionTriggers:
                 self._finish_chunks()
 
     def _evict_decode(self) -> None:
-        """Decode-time eviction: back to the budget, scored by the queries added since the last one."""
+        """Decode-time eviction: back to the budget, scored by the queries added since the last one,
+        the last ``decode_recent_tokens`` entries protected (:meth:`~judgeq_cache.scorers.Scorer.for_decoding`)."""
         if self._decode_budgets is None:
             self._decode_budgets = eviction.decode_budgets(
                 self.scorer, self.budget, self._prefill, len(self._evictable)
@@ -206,8 +207,9 @@ class EvictionTriggers:
         queries = self._decode_scores.mean()
         self._decode_scores.clear()
         start = time.perf_counter()
-        if self.scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
-            self._evict_stored(self._decode_budgets, None, queries)
+        scorer = self.scorer.for_decoding()
+        if scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
+            self._evict_stored(self._decode_budgets, None, queries, scorer)
         else:
-            self._evict_stored(self._decode_budgets, queries)
+            self._evict_stored(self._decode_budgets, queries, scorer=scorer)
         self.compression_seconds += time.perf_counter() - start

@@ -407,3 +407,37 @@ def test_chunked_generate_with_compress_false_then_compress_equals_one_shot():
     assert one_shot.scorer.window_weight > 0  # the hybrid: its window came from the last chunk
     for layer, kept in one_shot.kept_indices.items():
         assert torch.equal(later.kept_indices[layer], kept)
+
+
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "random"])
+def test_decode_recent_tokens_are_kept_at_decode_evictions_only(scorer):
+    """``decode_recent_tokens``: the newest stored entries survive every decode-time eviction; the
+    prefill's selection is the one ``recent_tokens`` makes."""
+    model = make_model("llama")
+    ids, tokens = prompt(length=30), prompt(length=8, seed=4)
+    caches = {
+        recent: build_cache(model, scorer, 16, decode_every=4, decode_recent_tokens=recent)
+        for recent in (None, 10)
+    }
+    cache = caches[10]
+    with torch.no_grad():
+        for c in caches.values():
+            model(input_ids=ids, **cache_kwargs(model, c))
+        for layer in cache.evictable_layers:
+            assert torch.equal(caches[None].kept_indices[layer], cache.kept_indices[layer])
+        for step in range(8):
+            before = {layer: kept.clone() for layer, kept in cache.kept_indices.items()}
+            model(input_ids=tokens[:, step : step + 1], **cache_kwargs(model, cache))
+            if step in (3, 7):  # an eviction just ran: the 10 newest entries stored before it are kept
+                added = torch.arange(31 + step - 4, 31 + step)
+                for layer in cache.evictable_layers:
+                    stored = torch.cat([before[layer][0, 0], added])
+                    assert torch.isin(stored[-10:], cache.kept_indices[layer]).all(), (step, layer)
+            if step == 7:  # every token added since the prompt (8, fewer than 10) is still stored
+                for layer in cache.evictable_layers:
+                    assert torch.isin(torch.arange(30, 38), cache.kept_indices[layer]).all()
+
+
+def test_decode_recent_tokens_must_not_be_negative():
+    with pytest.raises(ValueError, match="decode_recent_tokens must be >= 0"):
+        build_cache(make_model("llama"), "snapkv", 8, decode_recent_tokens=-1)

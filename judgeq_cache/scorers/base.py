@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -73,6 +74,10 @@ class Scorer(ABC):
         First real tokens always kept.
     recent_tokens : int
         Last prompt tokens always kept.
+    decode_recent_tokens : int or None
+        Newest stored entries always kept at decode-time evictions (``decode_every``); None: as many
+        as ``recent_tokens``. Generated text mostly needs the text just before it, which a scorer of
+        the prompt may not rank high.
     shared_heads : bool
         Keep the same positions in every KV head of a layer (scores averaged over the heads before the
         top-k, as TOVA does) instead of a separate top-k per head.
@@ -82,6 +87,7 @@ class Scorer(ABC):
     pooling: str = "max"
     sink_tokens: int = 0
     recent_tokens: int = 0
+    decode_recent_tokens: int | None = None
     shared_heads: bool = False
 
     name: ClassVar[str] = ""
@@ -94,8 +100,8 @@ class Scorer(ABC):
             raise ValueError(f"pooling_kernel must be a positive odd number, got {self.pooling_kernel}")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
-        if self.sink_tokens < 0 or self.recent_tokens < 0:
-            raise ValueError("sink_tokens and recent_tokens must be >= 0")
+        if self.sink_tokens < 0 or self.recent_tokens < 0 or (self.decode_recent_tokens or 0) < 0:
+            raise ValueError("sink_tokens, recent_tokens and decode_recent_tokens must be >= 0")
 
     @abstractmethod
     def score(self, inputs: LayerInputs) -> torch.Tensor:
@@ -122,6 +128,13 @@ class Scorer(ABC):
         """Last prompt queries whose attention the cache captures during the prefill for this scorer
         (``window_size`` for ``"window"`` scorers, 0 otherwise)."""
         return self.window_size if self.query_source == "window" else 0
+
+    def for_decoding(self) -> Scorer:
+        """The scorer of decode-time evictions: this one, protecting ``decode_recent_tokens`` recent
+        entries instead of ``recent_tokens``."""
+        if self.decode_recent_tokens is None or self.decode_recent_tokens == self.recent_tokens:
+            return self
+        return dataclasses.replace(self, recent_tokens=self.decode_recent_tokens)
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
         """``(sinks, recent)`` entries always kept for a layer keeping ``budget`` entries."""

@@ -1,0 +1,118 @@
+"""Dev sweep for decode-time eviction (issue 14): which recent window Judge Q protects at decode steps.
+
+Dev prompts only: 1,024-token excerpts of the bundled Brown corpus and of Moby-Dick far from its start
+(``benchmarks/bounded_memory.py`` uses Moby-Dick's first tokens; that is the test). For each prompt the
+full cache generates a greedy and a sampled (seeded, temperature 1) continuation; each variant is
+teacher-forced through both with ``decode_every`` and reports its NLL as a ratio to the full cache's.
+The excess NLL of a sampled continuation of the full model estimates the KL divergence from it; a greedy
+continuation is often a near-deterministic loop whose ratio swings either way.
+
+Example::
+
+    PYTHONPATH=. python scripts/decode_sweep.py --budgets 256,512 --decode-recent 8,64,128,256 \
+        --json docs/decode_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.cliargs import int_list, positive_int
+from judgeq_cache.data import load_corpus
+from judgeq_cache.models import load_model
+from judgeq_cache.utils import cache_kwarg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bounded_memory import teacher_forced  # noqa: E402
+
+#: Character offsets of the dev excerpts (the test prompt is Moby-Dick from offset 0).
+DEV_PROMPTS = {"brown": ("brown", 300_000), "moby-late": ("moby_dick", 600_000)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--budgets", type=int_list(1), default="256,512")
+    parser.add_argument("--decode-recent", type=int_list(0), default="8,64,128,256")
+    parser.add_argument("--baselines", default="streamingllm,snapkv", help="comma-separated scorers")
+    parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
+    parser.add_argument("--decode-tokens", type=positive_int, default=512)
+    parser.add_argument("--decode-every", type=positive_int, default=32)
+    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("embedded")
+    adapter = JudgeQAdapter.from_pretrained(args.adapter)
+    kw = cache_kwarg(model)
+    rows = []
+    for name, (corpus, offset) in DEV_PROMPTS.items():
+        text = load_corpus(corpus)[offset : offset + args.prompt_tokens * 8]
+        prompt = tokenizer(text, return_tensors="pt").input_ids[:, : args.prompt_tokens]
+        gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens}
+        greedy = model.generate(prompt, do_sample=False, **gen, **{kw: DynamicCache(config=model.config)})
+        torch.manual_seed(0)  # this script's own process: the sampled continuation is reproducible
+        sampled = model.generate(
+            prompt,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            **gen,
+            **{kw: DynamicCache(config=model.config)},
+        )
+        continuations = {"greedy": greedy[:, prompt.shape[1] :], "sampled": sampled[:, prompt.shape[1] :]}
+        full = {
+            key: teacher_forced(model, prompt, c, DynamicCache(config=model.config))[0]
+            for key, c in continuations.items()
+        }
+        variants = [("judgeq", r) for r in args.decode_recent] + [
+            (b, None) for b in args.baselines.split(",") if b
+        ]
+        for budget in args.budgets:
+            for method, recent in variants:
+                row = {"prompt": name, "budget": budget, "method": method, "decode_recent_tokens": recent}
+                for key, continuation in continuations.items():
+                    if method == "judgeq":
+                        cache = JudgeQCache(
+                            model,
+                            adapter,
+                            budget,
+                            decode_every=args.decode_every,
+                            decode_recent_tokens=recent,
+                        )
+                    else:
+                        cache = EvictionCache(model, budget, method, decode_every=args.decode_every)
+                    nll, _ = teacher_forced(model, prompt, continuation, cache)
+                    row[f"{key}_vs_full"] = round(nll / full[key], 4)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    summary = {}
+    for method, recent in {(r["method"], r["decode_recent_tokens"]) for r in rows}:
+        mine = [r for r in rows if (r["method"], r["decode_recent_tokens"]) == (method, recent)]
+        label = method if recent is None else f"{method} decode_recent_tokens={recent}"
+        summary[label] = {
+            "sampled_mean": statistics.mean(r["sampled_vs_full"] for r in mine),
+            "greedy_max": max(r["greedy_vs_full"] for r in mine),
+        }
+    for label, s in sorted(summary.items()):
+        print(f"{label}: sampled mean {s['sampled_mean']:.4f}, greedy worst {s['greedy_max']:.3f}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=1) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

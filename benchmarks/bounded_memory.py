@@ -6,9 +6,10 @@ run is a fresh subprocess; RSS is sampled every few milliseconds from ``/proc/se
 baseline is the RSS right before the prefill, after a short warm-up generate (the model loaded and
 its memory-mapped weights paged in).
 
-Decoding: the full cache generates a greedy ``--decode-tokens`` continuation of a prompt; then every
-method at every ``--decode-budgets`` budget (``decode_every``) is teacher-forced through that same
-continuation token by token: mean NLL and ms per token, against the full cache. The prompt is evicted
+Decoding: the full cache generates a greedy and a sampled (``--seed``) ``--decode-tokens``
+continuation of a prompt; then every method at every ``--decode-budgets`` budget (``decode_every``)
+is teacher-forced through those same continuations, and the book's real next text, token by token:
+mean NLL and ms per token, against the full cache. The prompt is evicted
 to the same budget at prefill (one-shot), then every ``--decode-every`` tokens.
 
 Needles: ``--needle-samples`` prompts per needle task at ``--needle-length`` tokens, query-agnostic
@@ -160,22 +161,26 @@ def teacher_forced(model, prompt: torch.Tensor, continuation: torch.Tensor, cach
 
 
 def run_decode(args) -> list[dict]:
-    """Teacher-forced NLL under decode-time eviction of two continuations of the same prompt: the full
-    cache's own greedy one (``nll``, what the issue asks) and the book's real next text
-    (``nll_text``, where keeping less context cannot look better by predicting a repetitive loop)."""
+    """Teacher-forced NLL under decode-time eviction of three continuations of the same prompt: the full
+    cache's own greedy one (``nll``), its own sampled one (``nll_sampled``, seeded, temperature 1: the
+    excess NLL over the full cache's estimates the KL divergence from it, where a greedy continuation
+    is often a near-deterministic loop whose ratio swings either way) and the book's real next text
+    (``nll_text``)."""
     model, tokenizer, adapter = _load(args.adapter)
     text = corpus_prompt(tokenizer, args.decode_prompt + args.decode_tokens)
     prompt, book = text[:, : args.decode_prompt], text[:, args.decode_prompt :]
+    gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens}
     kw = {cache_kwarg(model): DynamicCache(config=model.config)}
-    out = model.generate(
-        prompt, max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, do_sample=False, **kw
-    )
-    greedy = out[:, prompt.shape[1] :]
+    greedy = model.generate(prompt, do_sample=False, **gen, **kw)[:, prompt.shape[1] :]
+    torch.manual_seed(args.seed)  # this script's own process: the sampled continuation is reproducible
+    kw = {cache_kwarg(model): DynamicCache(config=model.config)}
+    sampled = model.generate(prompt, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **gen, **kw)
+    continuations = {"nll": greedy, "nll_sampled": sampled[:, prompt.shape[1] :], "nll_text": book}
     rows = []
     full = {}
     for method, budget in [("full", None)] + [(m, b) for b in args.decode_budgets for m in args.methods]:
         row = {"method": method, "budget": budget}
-        for key, continuation in [("nll", greedy), ("nll_text", book)]:
+        for key, continuation in continuations.items():
             cache = make_cache(model, method, budget or 1, adapter, decode_every=args.decode_every)
             nll, ms = teacher_forced(model, prompt, continuation, cache)
             row[key] = nll
@@ -264,6 +269,7 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-budgets", type=int_list(1), default="256,512")
     parser.add_argument("--decode-every", type=positive_int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="of the sampled continuation")
     parser.add_argument("--methods", type=choice_list(METHODS, "method"), default=",".join(METHODS))
     parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
     parser.add_argument("--needle-samples", type=int, default=4, help="per needle task (0 = skip)")

@@ -109,12 +109,14 @@ class Scorer(ABC):
 
     def select(self, inputs: LayerInputs) -> torch.Tensor:
         """Kept indices ``[B, Hkv, budget]`` (ascending): score, average the heads if
-        ``shared_heads``, protect sinks and recent tokens, pool, top-k. The one selection path, used
+        ``shared_heads``, protect sinks and recent tokens (sinks first, then as many of the newest
+        entries as the budget leaves room for), pool, top-k. The one selection path, used
         by the cache and by the training/held-out code alike."""
         scores = self.score(inputs)
         if self.shared_heads:
             scores = scores.mean(dim=1, keepdim=True).expand_as(scores)
         sinks, recent = self.protected_counts(inputs.budget)
+        recent = min(recent, max(0, inputs.budget - sinks))  # the newest ones when they cannot all fit
         return kernels.select_indices(
             scores,
             inputs.budget,

@@ -54,6 +54,8 @@ def attention_scores(
         raise ValueError(f"query heads ({num_q_heads}) must be a multiple of key heads ({num_kv_heads})")
     group = num_q_heads // num_kv_heads
     num_out = n if num_out is None else num_out
+    if key_mask is not None and bool(key_mask.all()):
+        key_mask = None  # nothing to mask (the usual unpadded batch): skip the masking work
     q = query.float().view(bsz, num_kv_heads, group, m, dim)
     k = key.float()
     out = query.new_zeros((bsz, num_kv_heads, num_out), dtype=torch.float32)
@@ -66,14 +68,26 @@ def attention_scores(
         logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, start:stop], k[:, :, :seen]) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        allowed = torch.ones((bsz, stop - start, seen), dtype=torch.bool, device=query.device)
-        if causal_offset is not None:
-            q_pos = torch.arange(start, stop, device=query.device) + causal_offset
-            allowed = allowed & (key_pos[None, :seen] <= q_pos[:, None])[None]
-        if key_mask is not None:
-            allowed = allowed & key_mask[:, None, :seen].bool()
-        logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        first = None if causal_offset is None else causal_offset + start  # the chunk's first query
+        if key_mask is None and first is not None and first >= 0 and not logits.requires_grad:
+            # Only causal masking (the usual case): keys up to the first query's position are seen
+            # by every query of the chunk, so only the columns after it need masking.
+            if first + 1 < seen:
+                q_pos = torch.arange(start, stop, device=query.device) + causal_offset
+                hidden = key_pos[None, first + 1 : seen] > q_pos[:, None]
+                logits[..., first + 1 : seen].masked_fill_(hidden, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+        elif causal_offset is not None or key_mask is not None:
+            allowed = torch.ones((bsz, stop - start, seen), dtype=torch.bool, device=query.device)
+            if causal_offset is not None:
+                q_pos = torch.arange(start, stop, device=query.device) + causal_offset
+                allowed = allowed & (key_pos[None, :seen] <= q_pos[:, None])[None]
+            if key_mask is not None:
+                allowed = allowed & key_mask[:, None, :seen].bool()
+            logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        else:
+            probs = torch.softmax(logits, dim=-1)
         valid = _query_validity(key_mask, causal_offset, start, stop, bsz, n, query.device)
         if key_mask is not None:
             probs = probs * valid[:, None, None, :, None]

@@ -341,3 +341,19 @@ def test_reference_gather_kv_preserves_order():
             assert gk[b, h, :, 0].tolist() == keys[b, h, idx[b, h], 0].tolist()
             assert gv[b, h, :, 0].tolist() == (-keys[b, h, idx[b, h], 0]).tolist()
     assert gk.is_contiguous() and gv.is_contiguous()
+
+
+@pytest.mark.parametrize("offset", [0, 5, 40])
+def test_reference_causal_scores_match_a_per_query_loop(offset):
+    """The reference's causal fast path (no key mask) against a query-by-query softmax."""
+    gen = torch.Generator().manual_seed(offset)
+    q, k = torch.randn(2, 6, 7, 16, generator=gen), torch.randn(2, 3, offset + 7, 16, generator=gen)
+    got = reference.attention_scores(q, k, scaling=0.25, causal_offset=offset, num_out=offset + 3)
+    want = torch.zeros(2, 3, offset + 7)
+    for i in range(7):
+        logits = torch.einsum(
+            "bhd,bhkd->bhk", q[:, :, i], k.repeat_interleave(2, dim=1)[:, :, : offset + i + 1]
+        )
+        probs = torch.softmax(logits * 0.25, dim=-1)
+        want[..., : offset + i + 1] += probs.view(2, 3, 2, -1).sum(2)
+    torch.testing.assert_close(got, want[..., : offset + 3] / 14, atol=1e-6, rtol=1e-5)

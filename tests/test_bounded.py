@@ -409,7 +409,7 @@ def test_chunked_generate_with_compress_false_then_compress_equals_one_shot():
         assert torch.equal(later.kept_indices[layer], kept)
 
 
-@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "random"])
+@pytest.mark.parametrize("scorer", ["judgeq", "snapkv", "h2o", "random"])
 def test_decode_recent_tokens_are_kept_at_decode_evictions_only(scorer):
     """``decode_recent_tokens``: the newest stored entries survive every decode-time eviction; the
     prefill's selection is the one ``recent_tokens`` makes."""

@@ -61,7 +61,8 @@ class H2OScorer(AttentionScorer):
     query_source: ClassVar[QuerySource] = "all"
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
-        return self.sink_tokens, int(budget * self.recent_ratio)
+        # ``recent_tokens`` (0 by default; ``decode_recent_tokens`` at decode steps) can only add to the ratio.
+        return self.sink_tokens, max(self.recent_tokens, int(budget * self.recent_ratio))
 
 
 @dataclass(kw_only=True)

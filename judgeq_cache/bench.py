@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -49,6 +49,8 @@ class OverheadRow:
     peak_rss_kept_mib: float | None = None
     #: Smallest and largest Judge Q / full ratio over the alternating pairs (CPU timing noise).
     judgeq_overhead_spread: tuple[float, float] = (float("nan"), float("nan"))
+    #: Every alternating pair's Judge Q / full ratio, in run order (so runs can be pooled).
+    judgeq_overhead_pairs: list[float] = field(default_factory=list)
 
     @property
     def decode_ratio(self) -> float:
@@ -125,6 +127,7 @@ def measure(
         prompt_tokens=ids.shape[1],
         judgeq_overhead=statistics.median(pairs),
         judgeq_overhead_spread=(min(pairs), max(pairs)),
+        judgeq_overhead_pairs=pairs,
         snapkv_overhead=med["snapkv"] / med["full"],
         decode_ms_full=statistics.median(decode["full"]),
         decode_ms_kept=statistics.median(decode["judgeq"]),

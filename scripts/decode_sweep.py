@@ -25,9 +25,10 @@ import torch
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.cliargs import int_list, positive_int
+from judgeq_cache.cliargs import choice_list, int_list, positive_int
 from judgeq_cache.data import load_corpus
 from judgeq_cache.models import load_model
+from judgeq_cache.scorers import SCORERS
 from judgeq_cache.utils import cache_kwarg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -43,7 +44,11 @@ def main() -> int:
     )
     parser.add_argument("--budgets", type=int_list(1), default="256,512")
     parser.add_argument("--decode-recent", type=int_list(0), default="8,64,128,256")
-    parser.add_argument("--baselines", default="streamingllm,snapkv", help="comma-separated scorers")
+    parser.add_argument(
+        "--baselines",
+        type=choice_list(sorted(set(SCORERS) - {"judgeq", "oracle"}), "scorer"),
+        default="streamingllm,snapkv",
+    )
     parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-every", type=positive_int, default=32)
@@ -76,9 +81,7 @@ def main() -> int:
             key: teacher_forced(model, prompt, c, DynamicCache(config=model.config))[0]
             for key, c in continuations.items()
         }
-        variants = [("judgeq", r) for r in args.decode_recent] + [
-            (b, None) for b in args.baselines.split(",") if b
-        ]
+        variants = [("judgeq", r) for r in args.decode_recent] + [(b, None) for b in args.baselines]
         for budget in args.budgets:
             for method, recent in variants:
                 row = {"prompt": name, "budget": budget, "method": method, "decode_recent_tokens": recent}

@@ -209,7 +209,7 @@ class EvictionTriggers:
         start = time.perf_counter()
         scorer = self.scorer.for_decoding()
         if scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
-            self._evict_stored(self._decode_budgets, None, queries, scorer)
+            self._evict_stored(self._decode_budgets, None, queries, scorer=scorer)
         else:
             self._evict_stored(self._decode_budgets, queries, scorer=scorer)
         self.compression_seconds += time.perf_counter() - start

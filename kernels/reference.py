@@ -68,26 +68,18 @@ def attention_scores(
         logits = torch.einsum("bhgqd,bhkd->bhgqk", q[:, :, :, start:stop], k[:, :, :seen]) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        first = None if causal_offset is None else causal_offset + start  # the chunk's first query
-        if key_mask is None and first is not None and first >= 0 and not logits.requires_grad:
-            # Only causal masking (the usual case): keys up to the first query's position are seen
-            # by every query of the chunk, so only the columns after it need masking.
-            if first + 1 < seen:
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, None, :seen].bool(), float("-inf"))
+        if causal_offset is not None:
+            # Keys up to the chunk's first query are seen by all of its queries: only the columns
+            # after it need the causal mask (a few, for appended tokens over a long prompt).
+            tail = max(0, causal_offset + start + 1)
+            if tail < seen:
                 q_pos = torch.arange(start, stop, device=query.device) + causal_offset
-                hidden = key_pos[None, first + 1 : seen] > q_pos[:, None]
-                logits[..., first + 1 : seen].masked_fill_(hidden, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-        elif causal_offset is not None or key_mask is not None:
-            allowed = torch.ones((bsz, stop - start, seen), dtype=torch.bool, device=query.device)
-            if causal_offset is not None:
-                q_pos = torch.arange(start, stop, device=query.device) + causal_offset
-                allowed = allowed & (key_pos[None, :seen] <= q_pos[:, None])[None]
-            if key_mask is not None:
-                allowed = allowed & key_mask[:, None, :seen].bool()
-            logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        else:
-            probs = torch.softmax(logits, dim=-1)
+                logits[..., tail:seen].masked_fill_(key_pos[None, tail:seen] > q_pos[:, None], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if key_mask is not None or (causal_offset is not None and causal_offset + start < 0):
+            probs = probs.nan_to_num(0.0)  # queries that see no key at all
         valid = _query_validity(key_mask, causal_offset, start, stop, bsz, n, query.device)
         if key_mask is not None:
             probs = probs * valid[:, None, None, :, None]

@@ -51,18 +51,35 @@ def run_cli(args: argparse.Namespace) -> int:
     n_held = int(round(args.heldout * len(prompts))) if args.heldout < 1 else int(args.heldout)
     n_held = min(n_held, len(prompts) - 1)
     held, train_set = prompts[:n_held], prompts[n_held:]
-    _, report = train(
-        model,
-        tokenizer,
-        train_set,
-        args.output,
-        config,
-        heldout_prompts=held,
-        responses_path=args.responses,
-        resume=args.resume,
-    )
+    accelerator = _accelerator()
+    try:
+        _, report = train(
+            model,
+            tokenizer,
+            train_set,
+            args.output,
+            config,
+            heldout_prompts=held,
+            responses_path=args.responses,
+            resume=args.resume,
+            accelerator=accelerator,
+        )
+    finally:
+        if accelerator is not None:  # under torchrun: tear the process group down before exiting
+            accelerator.end_training()
     logger.info("report: %s", json.dumps(report, indent=2))
     return 0
+
+
+def _accelerator():
+    """An ``accelerate.Accelerator`` for this process (one CPU process, or a torchrun rank); None without accelerate."""
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        return None
+    import torch
+
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def _heldout(text: str) -> float:

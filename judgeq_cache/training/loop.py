@@ -202,6 +202,8 @@ def train(
         _record_run(adapter, config, report, dist.world)
         _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
         _write_outputs(output_dir, adapter, state["history"], report)
+    if dist.world > 1:  # the other ranks wait while the main one evaluates and saves
+        dist.accelerator.wait_for_everyone()
     adapter.rows.requires_grad_(False)
     return adapter, report
 

@@ -36,17 +36,20 @@ import gc
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, cliargs
 from judgeq_cache.bench import corpus_prompt
 from judgeq_cache.cliargs import choice_list, int_list, positive_int
+from judgeq_cache.data import corpus_names, load_corpus
 from judgeq_cache.models import load_model
 from judgeq_cache.utils import cache_kwarg, kv_bytes
 
@@ -167,8 +170,43 @@ def run_decode(args) -> list[dict]:
     is often a near-deterministic loop whose ratio swings either way) and the book's real next text
     (``nll_text``)."""
     model, tokenizer, adapter = _load(args.adapter)
-    text = corpus_prompt(tokenizer, args.decode_prompt + args.decode_tokens)
-    prompt, book = text[:, : args.decode_prompt], text[:, args.decode_prompt :]
+    rows = []
+    for spec in tqdm(args.decode_prompts, desc="decode prompts"):
+        text = excerpt(tokenizer, spec, args.decode_prompt + args.decode_tokens)
+        prompt, book = text[:, : args.decode_prompt], text[:, args.decode_prompt :]
+        rows += decode_rows(args, model, prompt, book, spec, adapter)
+    return rows
+
+
+def excerpt(tokenizer, spec: tuple[str, int], length: int) -> torch.Tensor:
+    """``[1, length]`` token ids of bundled ``corpus`` text from its first paragraph at or after ``offset``."""
+    corpus, offset = spec
+    text = load_corpus(corpus)
+    start = 0 if offset == 0 else text.find("\n\n", offset) + 2
+    ids = tokenizer(text[start : start + length * 6], return_tensors="pt").input_ids
+    if start < 2 and offset or ids.shape[1] < length:
+        raise ValueError(f"{corpus} has no {length} tokens after character {offset}")
+    return ids[:, :length]
+
+
+def decode_summary(rows: list[dict]) -> list[dict]:
+    """Per method and budget: the mean NLL ratio over the prompts, and on how many it beat StreamingLLM."""
+    out = []
+    cells = sorted({(r["method"], r["budget"]) for r in rows if r["budget"] is not None}, key=str)
+    for method, budget in cells:
+        mine = {r["prompt"]: r for r in rows if (r["method"], r["budget"]) == (method, budget)}
+        ref = {r["prompt"]: r for r in rows if (r["method"], r["budget"]) == ("streamingllm", budget)}
+        row = {"method": method, "budget": budget, "prompts": len(mine)}
+        for key in ("nll", "nll_sampled", "nll_text"):
+            row[f"{key}_vs_full_mean"] = statistics.fmean(r[f"{key}_vs_full"] for r in mine.values())
+            if ref and method != "streamingllm":
+                row[f"{key}_below_streamingllm"] = sum(mine[p][key] < ref[p][key] for p in mine if p in ref)
+        out.append(row)
+    return out
+
+
+def decode_rows(args, model, prompt, book, spec, adapter) -> list[dict]:
+    """The decode rows of one prompt: full, then every method at every budget."""
     gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens}
     kw = {cache_kwarg(model): DynamicCache(config=model.config)}
     greedy = model.generate(prompt, do_sample=False, **gen, **kw)[:, prompt.shape[1] :]
@@ -179,7 +217,7 @@ def run_decode(args) -> list[dict]:
     rows = []
     full = {}
     for method, budget in [("full", None)] + [(m, b) for b in args.decode_budgets for m in args.methods]:
-        row = {"method": method, "budget": budget}
+        row = {"prompt": f"{spec[0]}:{spec[1]}", "method": method, "budget": budget}
         for key, continuation in continuations.items():
             cache = make_cache(model, method, budget or 1, adapter, decode_every=args.decode_every)
             nll, ms = teacher_forced(model, prompt, continuation, cache)
@@ -257,6 +295,21 @@ def run_needles(args) -> list[dict]:
     return rows
 
 
+def prompt_specs(text: str) -> list[tuple[str, int]]:
+    """``--decode-prompts``: comma-separated ``corpus:offset`` pairs of bundled corpora."""
+    specs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        corpus, _, offset = item.partition(":")
+        if corpus not in corpus_names() or not offset.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected CORPUS:OFFSET with CORPUS one of {corpus_names()}, got {item!r}"
+            )
+        specs.append((corpus, int(offset)))
+    if not specs:
+        raise argparse.ArgumentTypeError("expected at least one CORPUS:OFFSET")
+    return specs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int_list(16), default="2048,4096,8192")
@@ -266,6 +319,12 @@ def main() -> int:
     )
     parser.add_argument("--method", default="judgeq", help="scorer of the prefill part")
     parser.add_argument("--decode-prompt", type=positive_int, default=1024)
+    parser.add_argument(
+        "--decode-prompts",
+        type=prompt_specs,
+        default="moby_dick:0",
+        help="CORPUS:CHARACTER_OFFSET,... excerpts to continue (each from the next paragraph start)",
+    )
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-budgets", type=int_list(1), default="256,512")
     parser.add_argument("--decode-every", type=positive_int, default=32)
@@ -297,6 +356,10 @@ def main() -> int:
         "decode": [] if args.skip_decode else run_decode(args),
         "needles": run_needles(args) if args.needle_samples else [],
     }
+    if result["decode"]:
+        result["decode_summary"] = decode_summary(result["decode"])
+        for row in result["decode_summary"]:
+            print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

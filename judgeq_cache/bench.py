@@ -3,6 +3,8 @@
 Reports ratios, not absolute times (this runs on shared CPUs too):
 
 - scoring overhead = (prefill + scoring pass + eviction) / plain prefill, for Judge Q and SnapKV;
+- Judge Q's compression time over the rest of the same prefill (``cache.compression_seconds``): the
+  overhead measured inside one run, which run-to-run CPU drift does not blur;
 - decode ms per token with ``kept`` of the prompt kept vs the full cache;
 - KV bytes after eviction vs the full cache;
 - peak RSS of a fresh process that prefills and decodes, evicted vs full (optional).
@@ -51,6 +53,11 @@ class OverheadRow:
     judgeq_overhead_spread: tuple[float, float] = (float("nan"), float("nan"))
     #: Every alternating pair's Judge Q / full ratio, in run order (so runs can be pooled).
     judgeq_overhead_pairs: list[float] = field(default_factory=list)
+    #: Per Judge Q run, its compression (soft-token pass, scoring, selection, gather) over the rest of
+    #: the same prefill: the overhead measured within one run, free of run-to-run drift.
+    judgeq_compress_share: list[float] = field(default_factory=list)
+    #: Per pair, Judge Q's prefill without its compression over the plain prefill (the hooks' cost).
+    judgeq_uncompressed_pairs: list[float] = field(default_factory=list)
 
     @property
     def decode_ratio(self) -> float:
@@ -109,11 +116,16 @@ def measure(
     """Side-by-side ratios for one prompt."""
     prefill_seconds(model, ids, make_cache(model, "full", kept, adapter))  # warm-up
     times: dict[str, list[float]] = {"full": [], "judgeq": [], "snapkv": []}
+    compress: list[float] = []
     for _ in range(repeats):
         for kind in times:
-            times[kind].append(prefill_seconds(model, ids, make_cache(model, kind, kept, adapter)))
+            cache = make_cache(model, kind, kept, adapter)
+            times[kind].append(prefill_seconds(model, ids, cache))
+            if kind == "judgeq":
+                compress.append(cache.compression_seconds)
     med = {kind: statistics.median(t) for kind, t in times.items()}
     pairs = [j / f for j, f in zip(times["judgeq"], times["full"])]
+    rest = [j - c for j, c in zip(times["judgeq"], compress)]
     decode: dict[str, list[float]] = {"full": [], "judgeq": []}
     for _ in range(max(1, repeats // 2)):
         for kind in decode:
@@ -128,6 +140,8 @@ def measure(
         judgeq_overhead=statistics.median(pairs),
         judgeq_overhead_spread=(min(pairs), max(pairs)),
         judgeq_overhead_pairs=pairs,
+        judgeq_compress_share=[c / r for c, r in zip(compress, rest)],
+        judgeq_uncompressed_pairs=[r / f for r, f in zip(rest, times["full"])],
         snapkv_overhead=med["snapkv"] / med["full"],
         decode_ms_full=statistics.median(decode["full"]),
         decode_ms_kept=statistics.median(decode["judgeq"]),
@@ -168,15 +182,18 @@ def peak_rss_mib(kind: str, length: int, kept: float, steps: int, adapter_path: 
 
 def markdown(rows: list[OverheadRow], kept: float) -> str:
     lines = [
-        f"| prompt tokens | Judge Q scoring overhead (median [min, max] of pairs) | SnapKV overhead | decode ms/token full | decode ms/token "
+        "| prompt tokens | Judge Q scoring overhead (median [min, max] of pairs) | compression / rest of "
+        "the same prefill (median [min, max]) | SnapKV overhead | decode ms/token full | decode ms/token "
         f"{kept:.0%} kept | decode ratio | KV bytes ratio | peak RSS full / {kept:.0%} kept (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = "-" if r.peak_rss_full_mib is None else f"{r.peak_rss_full_mib:.0f} / {r.peak_rss_kept_mib:.0f}"
+        share = r.judgeq_compress_share
         lines.append(
             f"| {r.prompt_tokens} | {r.judgeq_overhead:.3f} [{r.judgeq_overhead_spread[0]:.2f}, "
-            f"{r.judgeq_overhead_spread[1]:.2f}] | {r.snapkv_overhead:.3f} | {r.decode_ms_full:.1f} | "
+            f"{r.judgeq_overhead_spread[1]:.2f}] | {statistics.median(share):.1%} [{min(share):.1%}, "
+            f"{max(share):.1%}] | {r.snapkv_overhead:.3f} | {r.decode_ms_full:.1f} | "
             f"{r.decode_ms_kept:.1f} | {r.decode_ratio:.2f} | {r.kv_bytes_ratio:.3f} | {rss} |"
         )
     return "\n".join(lines)

@@ -83,3 +83,17 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left
+
+
+def test_bench_measure_keeps_pairs_and_the_in_run_compression_share():
+    """``judgeq bench``'s row on a tiny model: one pair and one compression share per repeat."""
+    from judgeq_cache import JudgeQAdapter
+    from judgeq_cache.bench import markdown, measure
+
+    model = make_model("llama")
+    ids = torch.randint(4, 100, (1, 64))
+    row = measure(model, ids, JudgeQAdapter.init_for(model, 4), kept=0.25, repeats=3, decode_steps=2)
+    assert len(row.judgeq_overhead_pairs) == len(row.judgeq_uncompressed_pairs) == 3
+    assert len(row.judgeq_compress_share) == 3 and all(s > 0 for s in row.judgeq_compress_share)
+    assert row.kv_bytes_ratio < 0.5
+    assert "%" in markdown([row], 0.25).splitlines()[-1]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from . import kernels
@@ -39,6 +41,10 @@ class QueryPlan:
         Layer indices to score (the evictable, full-attention ones).
     exclude_tail : int
         With ``num_out=None``: trailing keys not scored (the appended tokens' own keys).
+    fuse : bool
+        The scored queries are all of the call's, over exactly the keys ``key_mask`` leaves visible
+        (the logits-free appended pass): where :func:`fusable`, the scoring softmax also gives the
+        attention output and the model's attention function is not called a second time.
     """
 
     query_slice: slice
@@ -47,6 +53,7 @@ class QueryPlan:
     key_mask: torch.Tensor | dict[int, torch.Tensor] | None
     layers: frozenset[int]
     exclude_tail: int = 0
+    fuse: bool = False
 
     def resolve(
         self, layer_idx: int, num_queries: int, num_keys: int
@@ -77,6 +84,28 @@ def attention_implementations(model: nn.Module) -> set[str]:
         config = getattr(module, "config", None) or model.config
         names.add(getattr(config, "_attn_implementation", None) or "eager")
     return names
+
+
+#: Attention keyword arguments whose meaning the fused scoring + attention reproduces (checked below).
+_FUSABLE_KWARGS = frozenset(
+    {"dropout", "scaling", "softcap", "sliding_window", "use_cache", "position_ids", "cache_position"}
+)
+
+
+def fusable(name: str, inner: Callable | None, module: nn.Module, query: torch.Tensor, kwargs: dict) -> bool:
+    """Whether :func:`kernels.attention_scores_and_output` gives exactly what ``inner`` would: plain
+    softmax attention (transformers' own sdpa or the modeling file's eager; no sinks, no sliding
+    window, no dropout), no gradient, on the torch kernels."""
+    own = inner is None if name == "eager" else name == "sdpa" and inner is sdpa_attention_forward
+    return (
+        own
+        and not query.requires_grad
+        and kernels.backend_for(query) == "torch"
+        and set(kwargs) <= _FUSABLE_KWARGS
+        and kwargs.get("sliding_window") is None
+        and not (module.training and kwargs.get("dropout"))
+        and getattr(module, "sinks", None) is None
+    )
 
 
 def _registered_function(name: str) -> Callable | None:
@@ -115,13 +144,24 @@ class AttentionCapture:
         def capture_then_attend(module, query, key, value, attention_mask, *args, **kwargs):
             layer_idx = getattr(module, "layer_idx", None)
             if layer_idx in self.plan.layers:
+                if self.plan.fuse and not args and fusable(name, inner, module, query, kwargs):
+                    self.scores[layer_idx], output = self._score(module, query, key, kwargs, value)
+                    return output, None
                 self.scores[layer_idx] = self._score(module, query, key, kwargs)
             attend = inner if inner is not None else _modeling_eager(module)
             return attend(module, query, key, value, attention_mask, *args, **kwargs)
 
         return capture_then_attend
 
-    def _score(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _score(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        kwargs: dict,
+        value: torch.Tensor | None = None,
+    ) -> Any:
+        """The scores of ``plan``'s queries; with ``value``, ``(scores, attention output)``."""
         plan = self.plan
         scaling = kwargs.get("scaling")
         if scaling is None:
@@ -134,15 +174,12 @@ class AttentionCapture:
                 f"scoring pass saw {key.shape[-2]} keys at layer {module.layer_idx} but expected "
                 f"{key_mask.shape[-1]}; is another cache or attention wrapper active?"
             )
-        return kernels.attention_scores(
-            query[:, :, plan.query_slice],
-            key,
-            scaling=float(scaling),
-            key_mask=key_mask,
-            causal_offset=offset,
-            num_out=num_out,
-            softcap=softcap,
+        options = dict(
+            scaling=float(scaling), key_mask=key_mask, causal_offset=offset, num_out=num_out, softcap=softcap
         )
+        if value is not None:
+            return kernels.attention_scores_and_output(query, key, value, **options)
+        return kernels.attention_scores(query[:, :, plan.query_slice], key, **options)
 
     def __enter__(self) -> AttentionCapture:
         local = ALL_ATTENTION_FUNCTIONS._local_mapping

@@ -192,7 +192,7 @@ class PromptCompression(triggers.EvictionTriggers):
         ones = record.key_mask.new_ones((record.key_mask.shape[0], seen - record.length + count))
         logical_mask = torch.cat([record.key_mask, ones], dim=-1)  # what the model's mask code indexes
         key_masks = {i: torch.cat([m, ones[:, -count:].to(m.device)], dim=-1) for i, m in masks.items()}
-        plan = QueryPlan(slice(None), None, None, key_masks, self._layer_set(), exclude_tail=count)
+        plan = QueryPlan(slice(None), None, None, key_masks, self._layer_set(), exclude_tail=count, fuse=True)
         capture = AttentionCapture(self._attn_names, plan)
         with self.dry_run(), capture:
             self._base_model(

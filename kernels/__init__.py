@@ -27,7 +27,7 @@ import torch
 
 from . import reference
 
-__all__ = ["attention_scores", "select_indices", "gather_kv", "backend_for"]
+__all__ = ["attention_scores", "attention_scores_and_output", "select_indices", "gather_kv", "backend_for"]
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -88,6 +88,15 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor, **options: Any) -> 
     from . import triton_scoring
 
     return triton_scoring.attention_scores(query, key, **options)
+
+
+def attention_scores_and_output(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **options: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_scores` and the attention output ``[B, m, Hq, D]`` from one softmax: always
+    the torch reference. Callers fuse only where :func:`backend_for` is ``"torch"``; on a GPU the
+    Triton scoring kernel next to the model's own fused attention is the faster pair."""
+    return reference.attention_scores_and_output(query, key, value, **options)
 
 
 #: Per-head top-``k`` indices in original order: always the torch reference (see above).

@@ -48,6 +48,38 @@ def attention_scores(
     Tensor ``[B, Hkv, num_out]`` float32
         Probabilities averaged over the valid queries and the query heads of each KV group.
     """
+    return _scores(query, key, None, scaling, key_mask, causal_offset, num_out, softcap)[0]
+
+
+def attention_scores_and_output(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    scaling: float,
+    key_mask: torch.Tensor | None = None,
+    causal_offset: int | None = None,
+    num_out: int | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_scores` plus the attention output those probabilities give, from one softmax.
+
+    ``value`` is ``[B, Hkv, N, D]``; the output is ``[B, m, Hq, D]`` in ``query``'s dtype (the layout
+    transformers' attention functions return). Rows of queries that see no key are zero.
+    """
+    return _scores(query, key, value, scaling, key_mask, causal_offset, num_out, softcap)
+
+
+def _scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    scaling: float,
+    key_mask: torch.Tensor | None,
+    causal_offset: int | None,
+    num_out: int | None,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     bsz, num_q_heads, m, dim = query.shape
     _, num_kv_heads, n, _ = key.shape
     if num_q_heads % num_kv_heads:
@@ -61,6 +93,7 @@ def attention_scores(
     out = query.new_zeros((bsz, num_kv_heads, num_out), dtype=torch.float32)
     count = query.new_zeros((bsz, 1, 1), dtype=torch.float32)
     key_pos = torch.arange(n, device=query.device)
+    outputs = []
     for start in range(0, m, QUERY_CHUNK):
         stop = min(m, start + QUERY_CHUNK)
         # Keys after the chunk's last query are causally invisible to all of it: skip them.
@@ -80,13 +113,19 @@ def attention_scores(
         probs = torch.softmax(logits, dim=-1)
         if key_mask is not None or (causal_offset is not None and causal_offset + start < 0):
             probs = probs.nan_to_num(0.0)  # queries that see no key at all
+        if value is not None:
+            outputs.append(torch.einsum("bhgqk,bhkd->bhgqd", probs, value[:, :, :seen].float()))
         valid = _query_validity(key_mask, causal_offset, start, stop, bsz, n, query.device)
         if key_mask is not None:
             probs = probs * valid[:, None, None, :, None]
         cols = min(num_out, seen)
         out[..., :cols] += probs[..., :cols].sum(dim=(2, 3))
         count = count + valid.sum(dim=-1).view(bsz, 1, 1)
-    return out / (count * group).clamp_min(1.0)
+    scores = out / (count * group).clamp_min(1.0)
+    if value is None:
+        return scores, None
+    output = torch.cat(outputs, dim=3).reshape(bsz, num_q_heads, m, -1).transpose(1, 2)
+    return scores, output.to(query.dtype).contiguous()
 
 
 def _query_validity(

@@ -103,6 +103,37 @@ def test_judgeq_two_pass_scores_equal_one_pass_reference(arch):
     assert cache.get_seq_length() == ids.shape[1]  # soft tokens stored nothing
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_fused_soft_pass_equals_the_models_own_attention(arch, attn, monkeypatch):
+    """The appended pass takes its attention output from the scoring softmax (one softmax, not two):
+    same scores as letting the model's attention function run, on a left-padded batch."""
+    from judgeq_cache import capture
+
+    model = make_model(arch, attn=attn)
+    ids = prompt(batch=2, length=30)
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    adapter = JudgeQAdapter.init_for(model, num_soft_tokens=5, seed=3)
+    calls = []
+    real = capture.fusable
+
+    def counted(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    def soft_scores(fuse):
+        monkeypatch.setattr(capture, "fusable", counted if fuse else lambda *a: False)
+        cache = JudgeQCache(model, adapter, budget=0.5, auto_compress=False)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, **cache_kwargs(model, cache))
+            return cache.appended_attention(cache.scorer.appended_inputs(2, model))
+
+    unfused, fused = soft_scores(False), soft_scores(True)
+    assert calls and all(calls)  # every scored layer took the fused path
+    for layer, scores in unfused.items():
+        torch.testing.assert_close(fused[layer], scores, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("budget", [0.25, 0.5, 10])
 def test_kv_bytes_shrink_to_kept_fraction_and_order_is_kept(budget):
     model = make_model("llama")

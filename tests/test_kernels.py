@@ -357,3 +357,23 @@ def test_reference_causal_scores_match_a_per_query_loop(offset):
         probs = torch.softmax(logits * 0.25, dim=-1)
         want[..., : offset + i + 1] += probs.view(2, 3, 2, -1).sum(2)
     torch.testing.assert_close(got, want[..., : offset + 3] / 14, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_reference_output_matches_sdpa(masked):
+    """``attention_scores_and_output``: the same scores, and sdpa's output (GQA, causal tail, padding)."""
+    gen = torch.Generator().manual_seed(int(masked))
+    q, k = torch.randn(2, 6, 5, 16, generator=gen), torch.randn(2, 3, 25, 16, generator=gen)
+    v = torch.randn(2, 3, 25, 16, generator=gen)
+    key_mask = torch.ones(2, 25, dtype=torch.bool)
+    if masked:
+        key_mask[1, :4] = False  # left padding of row 1
+    options = dict(scaling=0.25, key_mask=key_mask, causal_offset=20, num_out=20)
+    scores, out = reference.attention_scores_and_output(q, k, v, **options)
+    torch.testing.assert_close(scores, reference.attention_scores(q, k, **options), atol=0, rtol=0)
+    visible = key_mask[:, None, None, :] & (torch.arange(25)[None, :] <= torch.arange(20, 25)[:, None])
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=visible, scale=0.25
+    )
+    assert out.shape == (2, 5, 6, 16)
+    torch.testing.assert_close(out, want.transpose(1, 2), atol=1e-6, rtol=1e-5)

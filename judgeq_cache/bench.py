@@ -5,6 +5,7 @@ Reports ratios, not absolute times (this runs on shared CPUs too):
 - scoring overhead = (prefill + scoring pass + eviction) / plain prefill, for Judge Q and SnapKV;
 - Judge Q's compression time over the rest of the same prefill (``cache.compression_seconds``): the
   overhead measured inside one run, which run-to-run CPU drift does not blur;
+- for both, the median with a bootstrap 95 % interval and the range over the runs;
 - decode ms per token with ``kept`` of the prompt kept vs the full cache;
 - KV bytes after eviction vs the full cache;
 - peak RSS of a fresh process that prefills and decodes, evicted vs full (optional).
@@ -24,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -182,21 +184,36 @@ def peak_rss_mib(kind: str, length: int, kept: float, steps: int, adapter_path: 
 
 def markdown(rows: list[OverheadRow], kept: float) -> str:
     lines = [
-        "| prompt tokens | Judge Q scoring overhead (median [min, max] of pairs) | compression / rest of "
-        "the same prefill (median [min, max]) | SnapKV overhead | decode ms/token full | decode ms/token "
+        "| prompt tokens | Judge Q scoring overhead (median of pairs) | compression / rest of "
+        "the same prefill (median) | SnapKV overhead | decode ms/token full | decode ms/token "
         f"{kept:.0%} kept | decode ratio | KV bytes ratio | peak RSS full / {kept:.0%} kept (MiB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = "-" if r.peak_rss_full_mib is None else f"{r.peak_rss_full_mib:.0f} / {r.peak_rss_kept_mib:.0f}"
-        share = r.judgeq_compress_share
         lines.append(
-            f"| {r.prompt_tokens} | {r.judgeq_overhead:.3f} [{r.judgeq_overhead_spread[0]:.2f}, "
-            f"{r.judgeq_overhead_spread[1]:.2f}] | {statistics.median(share):.1%} [{min(share):.1%}, "
-            f"{max(share):.1%}] | {r.snapkv_overhead:.3f} | {r.decode_ms_full:.1f} | "
+            f"| {r.prompt_tokens} | {_spread(r.judgeq_overhead_pairs, '.3f')} | "
+            f"{_spread(r.judgeq_compress_share, '.1%')} | {r.snapkv_overhead:.3f} | {r.decode_ms_full:.1f} | "
             f"{r.decode_ms_kept:.1f} | {r.decode_ratio:.2f} | {r.kv_bytes_ratio:.3f} | {rss} |"
         )
     return "\n".join(lines)
+
+
+def median_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of the median of ``values`` (deterministic for ``seed``)."""
+    data = np.asarray(values, dtype=np.float64)
+    draws = data[np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))]
+    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``median (95 % CI low-high; runs min-max)`` of per-run values."""
+    low, high = median_interval(values)
+    return (
+        f"{format(statistics.median(values), fmt)} (CI {format(low, fmt)}–{format(high, fmt)}; "
+        f"runs {format(min(values), fmt)}–{format(max(values), fmt)})"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

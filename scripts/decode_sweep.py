@@ -49,6 +49,12 @@ def main() -> int:
         type=choice_list(sorted(set(SCORERS) - {"judgeq", "oracle"}), "scorer"),
         default="streamingllm,snapkv",
     )
+    parser.add_argument(
+        "--prefill-recent",
+        type=int_list(0),
+        default=None,
+        help="Judge Q's recent_tokens candidates (the prefill's protected window; default: the scorer's)",
+    )
     parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-every", type=positive_int, default=32)
@@ -81,18 +87,24 @@ def main() -> int:
             key: teacher_forced(model, prompt, c, DynamicCache(config=model.config))[0]
             for key, c in continuations.items()
         }
-        variants = [("judgeq", r) for r in args.decode_recent] + [(b, None) for b in args.baselines]
+        windows = args.prefill_recent or [None]
+        variants = [("judgeq", r, w) for r in args.decode_recent for w in windows]
+        variants += [(b, None, None) for b in args.baselines]
         for budget in args.budgets:
-            for method, recent in variants:
+            for method, recent, window in variants:
                 row = {"prompt": name, "budget": budget, "method": method, "decode_recent_tokens": recent}
+                if window is not None:
+                    row["recent_tokens"] = window
                 for key, continuation in continuations.items():
                     if method == "judgeq":
+                        options = {} if window is None else {"recent_tokens": window}
                         cache = JudgeQCache(
                             model,
                             adapter,
                             budget,
                             decode_every=args.decode_every,
                             decode_recent_tokens=recent,
+                            **options,
                         )
                     else:
                         cache = EvictionCache(model, budget, method, decode_every=args.decode_every)
@@ -101,9 +113,16 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {}
-    for method, recent in {(r["method"], r["decode_recent_tokens"]) for r in rows}:
-        mine = [r for r in rows if (r["method"], r["decode_recent_tokens"]) == (method, recent)]
+    for method, recent, window in {
+        (r["method"], r["decode_recent_tokens"], r.get("recent_tokens")) for r in rows
+    }:
+        mine = [
+            r
+            for r in rows
+            if (r["method"], r["decode_recent_tokens"], r.get("recent_tokens")) == (method, recent, window)
+        ]
         label = method if recent is None else f"{method} decode_recent_tokens={recent}"
+        label += "" if window is None else f" recent_tokens={window}"
         summary[label] = {
             "sampled_mean": statistics.mean(r["sampled_vs_full"] for r in mine),
             "greedy_max": max(r["greedy_vs_full"] for r in mine),

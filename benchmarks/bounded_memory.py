@@ -49,7 +49,7 @@ from transformers import DynamicCache
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, cliargs
 from judgeq_cache.bench import corpus_prompt
 from judgeq_cache.cliargs import choice_list, int_list, positive_int
-from judgeq_cache.data import corpus_names, load_corpus
+from judgeq_cache.data import corpus_names
 from judgeq_cache.models import load_model
 from judgeq_cache.utils import cache_kwarg, kv_bytes
 
@@ -172,21 +172,10 @@ def run_decode(args) -> list[dict]:
     model, tokenizer, adapter = _load(args.adapter)
     rows = []
     for spec in tqdm(args.decode_prompts, desc="decode prompts"):
-        text = excerpt(tokenizer, spec, args.decode_prompt + args.decode_tokens)
+        text = corpus_prompt(tokenizer, args.decode_prompt + args.decode_tokens, *spec)
         prompt, book = text[:, : args.decode_prompt], text[:, args.decode_prompt :]
         rows += decode_rows(args, model, prompt, book, spec, adapter)
     return rows
-
-
-def excerpt(tokenizer, spec: tuple[str, int], length: int) -> torch.Tensor:
-    """``[1, length]`` token ids of bundled ``corpus`` text from its first paragraph at or after ``offset``."""
-    corpus, offset = spec
-    text = load_corpus(corpus)
-    start = 0 if offset == 0 else text.find("\n\n", offset) + 2
-    ids = tokenizer(text[start : start + length * 6], return_tensors="pt").input_ids
-    if start < 2 and offset or ids.shape[1] < length:
-        raise ValueError(f"{corpus} has no {length} tokens after character {offset}")
-    return ids[:, :length]
 
 
 def decode_summary(rows: list[dict]) -> list[dict]:

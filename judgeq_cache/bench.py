@@ -97,13 +97,19 @@ def decode_ms_per_token(model: PreTrainedModel, ids: torch.Tensor, cache, steps:
     return 1e3 * (time.perf_counter() - start) / steps
 
 
-def corpus_prompt(tokenizer, length: int) -> torch.Tensor:
-    """``[1, length]`` token ids of bundled book text."""
+def corpus_prompt(tokenizer, length: int, corpus: str = "moby_dick", offset: int = 0) -> torch.Tensor:
+    """``[1, length]`` token ids of bundled book text: from the start of ``corpus``, or from its first
+    paragraph at or after character ``offset``."""
     from .data import load_corpus
 
-    ids = tokenizer(load_corpus("moby_dick")[: length * 6], return_tensors="pt").input_ids[:, :length]
+    text = load_corpus(corpus)
+    start = 0 if offset == 0 else text.find("\n\n", offset)
+    if start < 0:
+        raise ValueError(f"{corpus} has no paragraph after character {offset}")
+    start += 0 if offset == 0 else 2
+    ids = tokenizer(text[start : start + length * 6], return_tensors="pt").input_ids[:, :length]
     if ids.shape[1] < length:
-        raise ValueError(f"the bundled corpus is shorter than {length} tokens")
+        raise ValueError(f"{corpus} has fewer than {length} tokens after character {start}")
     return ids
 
 

@@ -97,3 +97,19 @@ def test_bench_measure_keeps_pairs_and_the_in_run_compression_share():
     assert len(row.judgeq_compress_share) == 3 and all(s > 0 for s in row.judgeq_compress_share)
     assert row.kv_bytes_ratio < 0.5
     assert "%" in markdown([row], 0.25).splitlines()[-1]
+
+
+def test_corpus_prompt_starts_at_the_first_paragraph_after_the_offset():
+    """``bench.corpus_prompt``: the book's start, or the paragraph after ``offset``; clear errors."""
+    from judgeq_cache.bench import corpus_prompt
+    from judgeq_cache.data import load_corpus
+
+    def chars(text, return_tensors):  # one id per character
+        return SimpleNamespace(input_ids=torch.tensor([[ord(c) for c in text]]))
+
+    brown = load_corpus("brown")
+    start = brown.find("\n\n", 1000) + 2
+    assert "".join(map(chr, corpus_prompt(chars, 50, "brown", 1000)[0].tolist())) == brown[start : start + 50]
+    assert corpus_prompt(chars, 50)[0].tolist() == [ord(c) for c in load_corpus("moby_dick")[:50]]
+    with pytest.raises(ValueError, match="no paragraph"):
+        corpus_prompt(chars, 50, "brown", len(brown) - 1)

@@ -51,8 +51,6 @@ class OverheadRow:
     kv_bytes_ratio: float
     peak_rss_full_mib: float | None = None
     peak_rss_kept_mib: float | None = None
-    #: Smallest and largest Judge Q / full ratio over the alternating pairs (CPU timing noise).
-    judgeq_overhead_spread: tuple[float, float] = (float("nan"), float("nan"))
     #: Every alternating pair's Judge Q / full ratio, in run order (so runs can be pooled).
     judgeq_overhead_pairs: list[float] = field(default_factory=list)
     #: Per Judge Q run, its compression (soft-token pass, scoring, selection, gather) over the rest of
@@ -146,7 +144,6 @@ def measure(
     return OverheadRow(
         prompt_tokens=ids.shape[1],
         judgeq_overhead=statistics.median(pairs),
-        judgeq_overhead_spread=(min(pairs), max(pairs)),
         judgeq_overhead_pairs=pairs,
         judgeq_compress_share=[c / r for c, r in zip(compress, rest)],
         judgeq_uncompressed_pairs=[r / f for r, f in zip(rest, times["full"])],

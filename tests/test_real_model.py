@@ -81,6 +81,30 @@ def test_judgeq_cache_two_line_api_on_the_embedded_model(embedded, needle_prompt
     assert isinstance(EvictionCache(model, 64), EvictionCache)
 
 
+def test_fused_soft_pass_keeps_the_same_entries_on_the_embedded_model(embedded, needle_prompt, monkeypatch):
+    """The bundled adapter at 10 % kept on the 2k needle prompt: the one-softmax soft-token pass keeps
+    exactly what letting the model's own sdpa run keeps, in every layer."""
+    from pathlib import Path
+
+    from judgeq_cache import capture
+
+    model, _ = embedded
+    adapter = JudgeQAdapter.from_pretrained(Path(__file__).parents[1] / "adapters" / "smollm2-135m-instruct")
+    kept = {}
+    for fuse in (False, True):
+        if not fuse:
+            monkeypatch.setattr(capture, "fusable", lambda *args: False)
+        else:
+            monkeypatch.undo()
+        cache = JudgeQCache(model, adapter, budget=0.1)
+        with torch.no_grad():
+            model(input_ids=needle_prompt, logits_to_keep=1, **cache_kwargs(model, cache))
+        kept[fuse] = cache.kept_indices
+    assert kept[True].keys() == kept[False].keys()
+    for layer, indices in kept[True].items():
+        assert torch.equal(indices, kept[False][layer]), layer
+
+
 @pytest.mark.slow
 def test_gemma3_270m_sliding_layers_untouched_and_full_layers_evicted():
     models = pytest.importorskip("judgeq_cache.models")

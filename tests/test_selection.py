@@ -227,3 +227,50 @@ def test_hybrid_judgeq_mixes_the_last_querys_attention_and_prefill_sharing_agree
         assert torch.equal(copy.kept_indices[layer], cache.kept_indices[layer])
     with pytest.raises(ValueError, match="window_size"):
         JudgeQCache(model, adapter, 10, window_weight=0.5, window_size=0)
+
+
+def test_continuation_prompts_continue_the_book_and_avoid_the_evaluation_excerpts(tok):
+    """Futures: the model's own greedy continuation (checked against generate run alone) and the book's
+    real next tokens; excerpts keep clear of the decode benchmark's test and dev prompts."""
+    import sys
+    from pathlib import Path
+
+    from transformers import DynamicCache
+
+    from judgeq_cache.data import load_corpus
+    from judgeq_cache.training.continuations import RESERVED, continuation_prompts, overlaps_reserved
+
+    model = tiny_model()
+    kw = {"min_tokens": 100, "max_tokens": 140, "new_tokens": 8, "seed": 1, "progress": False}
+    prompts = continuation_prompts(model, tok, 4, **kw)
+    again = continuation_prompts(model, tok, 4, **kw)
+    assert [p.prompt_ids for p in prompts] == [p.prompt_ids for p in again]
+    for p in prompts:
+        assert 100 <= len(p.prompt_ids) <= 140 and p.needles == []
+        generated, real = p.futures
+        assert len(generated) == len(real) == 8
+        with torch.no_grad():
+            alone = model.generate(
+                torch.tensor([p.prompt_ids]),
+                do_sample=False,
+                max_new_tokens=8,
+                min_new_tokens=8,
+                **cache_kwargs(model, DynamicCache(config=model.config)),
+            )[0, len(p.prompt_ids) :]
+        assert generated == alone.tolist()
+        text = load_corpus(p.meta["corpus"])[p.meta["offset"] :]
+        assert text.startswith(tok.decode(p.prompt_ids)[:90])
+        assert not overlaps_reserved(p.meta["corpus"], p.meta["offset"], p.meta["offset"] + 1)
+    assert {p.meta["corpus"] for p in prompts} == {"brown", "moby_dick"}
+    # every excerpt the decode benchmark reports (README) and tunes on (decode sweep) is reserved
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    from decode_sweep import DEV_PROMPTS
+
+    readme = (root / "README.md").read_text()
+    tested = [s.split(":") for s in readme.split("--decode-prompts ")[1].split()[0].split(",")]
+    for corpus, offset in [*DEV_PROMPTS.values(), *((c, int(o)) for c, o in tested)]:
+        assert offset in RESERVED[corpus]
+        assert overlaps_reserved(corpus, offset, offset + 1)
+    with pytest.raises(ValueError, match="new_tokens"):
+        continuation_prompts(model, tok, 1, new_tokens=0)

@@ -28,6 +28,7 @@ from judgeq_cache import JudgeQAdapter
 from judgeq_cache.adapter import model_card
 from judgeq_cache.models import load_embedded_model
 from judgeq_cache.training import TrainConfig, train
+from judgeq_cache.training.continuations import continuation_prompts
 from judgeq_cache.training.facts import fact_prompts
 from judgeq_cache.training.prepared import prepare_to_disk
 
@@ -42,6 +43,14 @@ def main() -> None:
     p.add_argument("--stage", choices=["prepare", "all"], default="all")
     p.add_argument("--train-prompts", type=int, default=144)
     p.add_argument("--heldout-prompts", type=int, default=16)
+    p.add_argument(
+        "--continuation-prompts",
+        type=int,
+        default=0,
+        help="book excerpts whose futures are the model's continuation (judgeq_cache.training.continuations)",
+    )
+    p.add_argument("--continuation-heldout", type=int, default=8)
+    p.add_argument("--data", default=None, help="prepared-data directory (default: WORK/data)")
     p.add_argument("--min-tokens", type=int, default=800)
     p.add_argument("--max-tokens", type=int, default=2200)
     p.add_argument("--variants", default="mse:32,kl-shared:32,topk:32")
@@ -66,8 +75,20 @@ def main() -> None:
     )
     held, train_set = prompts[: args.heldout_prompts], prompts[args.heldout_prompts :]
     t0 = time.perf_counter()
-    held_ex = prepare_to_disk(model, held, work / "data" / "heldout")
-    train_ex = prepare_to_disk(model, train_set, work / "data" / "train")
+    data = Path(args.data) if args.data else work / "data"
+    held_ex = prepare_to_disk(model, held, data / "heldout")
+    train_ex = prepare_to_disk(model, train_set, data / "train")
+    if args.continuation_prompts:
+        more = continuation_prompts(
+            model,
+            tokenizer,
+            args.continuation_prompts + args.continuation_heldout,
+            min_tokens=args.min_tokens,
+            max_tokens=args.max_tokens,
+            seed=0,
+        )
+        held_ex += prepare_to_disk(model, more[: args.continuation_heldout], data / "continuation-heldout")
+        train_ex += prepare_to_disk(model, more[args.continuation_heldout :], data / "continuation-train")
     prep_seconds = time.perf_counter() - t0
     log.info("prepared %d + %d prompts in %.0f s", len(train_ex), len(held_ex), prep_seconds)
     if args.stage == "prepare":
@@ -119,6 +140,7 @@ def main() -> None:
             "prompt_tokens": [args.min_tokens, args.max_tokens],
             "corpora": ["brown", "moby_dick"],
             "futures": "reference answers (teacher-forced); 'later' layout: every fact's question + answer",
+            "continuation_prompts": [args.continuation_prompts, args.continuation_heldout],
         },
         "torch_threads": torch.get_num_threads(),
     }

@@ -150,8 +150,8 @@ def run_prefill(args) -> list[dict]:
 
 
 @torch.no_grad()
-def teacher_forced(model, prompt: torch.Tensor, continuation: torch.Tensor, cache) -> tuple[float, float]:
-    """Mean NLL of ``continuation`` fed token by token after ``prompt``, and ms per token."""
+def token_nll(model, prompt: torch.Tensor, continuation: torch.Tensor, cache) -> tuple[list[float], float]:
+    """NLL of each token of ``continuation`` fed token by token after ``prompt``, and ms per token."""
     kw = {cache_kwarg(model): cache}
     logits = model(input_ids=prompt, logits_to_keep=1, **kw).logits[:, -1]
     nll, start = [], time.perf_counter()
@@ -160,6 +160,12 @@ def teacher_forced(model, prompt: torch.Tensor, continuation: torch.Tensor, cach
         nll.append(torch.nn.functional.cross_entropy(logits.float(), token[:, 0]).item())
         logits = model(input_ids=token, **kw).logits[:, -1]
     ms = 1e3 * (time.perf_counter() - start) / continuation.shape[1]
+    return nll, ms
+
+
+def teacher_forced(model, prompt: torch.Tensor, continuation: torch.Tensor, cache) -> tuple[float, float]:
+    """Mean NLL of ``continuation`` fed token by token after ``prompt``, and ms per token."""
+    nll, ms = token_nll(model, prompt, continuation, cache)
     return sum(nll) / len(nll), ms
 
 

@@ -1,0 +1,93 @@
+"""Where in a greedy continuation eviction costs NLL: per-segment NLL, one-shot vs decode-time eviction.
+
+For one bundled-book prompt (``CORPUS:OFFSET``, as in ``benchmarks/bounded_memory.py``) the full cache
+generates a greedy continuation; each method then teacher-forces it with one-shot eviction at the
+prefill only (the cache grows while decoding) and with ``decode_every``. It prints the mean NLL of
+every ``--segment`` tokens and the whole continuation's NLL as a ratio to the full cache's. If one-shot
+eviction alone already costs what ``decode_every`` costs, the loss comes from what the prefill evicted,
+not from the decode-time evictions.
+
+Example::
+
+    PYTHONPATH=. python scripts/decode_segments.py --prompt moby_dick:0 --budget 512 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.bench import corpus_prompt
+from judgeq_cache.cliargs import choice_list, positive_int
+from judgeq_cache.models import load_model
+from judgeq_cache.scorers import SCORERS
+from judgeq_cache.utils import cache_kwarg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bounded_memory import prompt_specs, token_nll  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompt", type=prompt_specs, default="moby_dick:0", help="CORPUS:OFFSET")
+    parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
+    parser.add_argument("--decode-tokens", type=positive_int, default=512)
+    parser.add_argument("--segment", type=positive_int, default=64)
+    parser.add_argument("--budget", type=positive_int, default=512)
+    parser.add_argument("--decode-every", type=positive_int, default=32)
+    parser.add_argument(
+        "--methods",
+        type=choice_list(sorted(set(SCORERS) - {"oracle"}), "scorer"),
+        default="judgeq,streamingllm,snapkv",
+    )
+    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("embedded")
+    adapter = JudgeQAdapter.from_pretrained(args.adapter)
+    (corpus, offset), *_ = args.prompt
+    prompt = corpus_prompt(tokenizer, args.prompt_tokens, corpus, offset)
+    gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens, "do_sample": False}
+    full_cache = {cache_kwarg(model): DynamicCache(config=model.config)}
+    greedy = model.generate(prompt, **gen, **full_cache)[:, prompt.shape[1] :]
+
+    def cache(method: str, decode_every: int | None):
+        if method == "full":
+            return DynamicCache(config=model.config)
+        if method == "judgeq":
+            return JudgeQCache(model, adapter, args.budget, decode_every=decode_every)
+        return EvictionCache(model, args.budget, method, decode_every=decode_every)
+
+    runs = [("full", None)] + [(m, e) for m in args.methods for e in (None, args.decode_every)]
+    rows, full = [], None
+    for method, every in runs:
+        nll, _ = token_nll(model, prompt, greedy, cache(method, every))
+        mean = statistics.fmean(nll)
+        full = mean if method == "full" else full
+        segments = [statistics.fmean(nll[i : i + args.segment]) for i in range(0, len(nll), args.segment)]
+        row = {"method": method, "decode_every": every, "nll": mean, "nll_vs_full": mean / full}
+        rows.append(row | {"segments": segments})
+        label = (
+            method if method == "full" else f"{method} ({'one-shot' if every is None else f'every {every}'})"
+        )
+        print(f"{label:32s} x full {mean / full:6.3f}  segments " + " ".join(f"{s:.3f}" for s in segments))
+    if args.json:
+        out = {"args": {k: v for k, v in vars(args).items() if k != "prompt"}, "prompt": f"{corpus}:{offset}"}
+        out["continuation"] = tokenizer.decode(greedy[0])
+        Path(args.json).write_text(json.dumps(out | {"rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -441,3 +441,26 @@ def test_decode_recent_tokens_are_kept_at_decode_evictions_only(scorer):
 def test_decode_recent_tokens_must_not_be_negative():
     with pytest.raises(ValueError, match="decode_recent_tokens must be >= 0"):
         build_cache(make_model("llama"), "snapkv", 8, decode_recent_tokens=-1)
+
+
+def test_benchmark_token_nll_equals_one_forward_over_prompt_and_continuation():
+    """The decode benchmark's teacher forcing (token by token through a cache) against the reference:
+    one forward over prompt + continuation, cross-entropy of each continuation token."""
+    import sys
+    from pathlib import Path
+
+    from transformers import DynamicCache
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bounded_memory import teacher_forced, token_nll
+
+    model = make_model("llama")
+    ids = torch.randint(3, 128, (1, 30), generator=torch.Generator().manual_seed(5))
+    prompt, continuation = ids[:, :20], ids[:, 20:]
+    nll, _ = token_nll(model, prompt, continuation, DynamicCache(config=model.config))
+    with torch.no_grad():
+        logits = model(ids).logits[0, 19:-1].float()
+    expected = torch.nn.functional.cross_entropy(logits, continuation[0], reduction="none")
+    torch.testing.assert_close(torch.tensor(nll), expected, rtol=1e-4, atol=1e-4)
+    mean, _ = teacher_forced(model, prompt, continuation, DynamicCache(config=model.config))
+    assert mean == pytest.approx(expected.mean().item(), abs=1e-4)

@@ -44,10 +44,12 @@ def main() -> int:
     )
     parser.add_argument("--budgets", type=int_list(1), default="256,512")
     parser.add_argument("--decode-recent", type=int_list(0), default="8,64,128,256")
+    baselines = choice_list(sorted(set(SCORERS) - {"judgeq", "oracle"}), "scorer")
     parser.add_argument(
         "--baselines",
-        type=choice_list(sorted(set(SCORERS) - {"judgeq", "oracle"}), "scorer"),
+        type=lambda text: [] if text == "none" else baselines(text),
         default="streamingllm,snapkv",
+        help="training-free scorers to run too ('none': Judge Q only)",
     )
     parser.add_argument(
         "--prefill-recent",

@@ -1,6 +1,6 @@
 """Where in a greedy continuation eviction costs NLL: per-segment NLL, one-shot vs decode-time eviction.
 
-For one bundled-book prompt (``CORPUS:OFFSET``, as in ``benchmarks/bounded_memory.py``) the full cache
+For each bundled-book prompt (``CORPUS:OFFSET``, as in ``benchmarks/bounded_memory.py``) the full cache
 generates a greedy continuation; each method then teacher-forces it with one-shot eviction at the
 prefill only (the cache grows while decoding) and with ``decode_every``. It prints the mean NLL of
 every ``--segment`` tokens and the whole continuation's NLL as a ratio to the full cache's. If one-shot
@@ -9,7 +9,7 @@ not from the decode-time evictions.
 
 Example::
 
-    PYTHONPATH=. python scripts/decode_segments.py --prompt moby_dick:0 --budget 512 --json out.json
+    PYTHONPATH=. python scripts/decode_segments.py --prompts moby_dick:0,brown:0 --budget 512 --json out.json
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompt", type=prompt_specs, default="moby_dick:0", help="CORPUS:OFFSET")
+    parser.add_argument("--prompts", type=prompt_specs, default="moby_dick:0", help="CORPUS:OFFSET,...")
     parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--segment", type=positive_int, default=64)
@@ -56,11 +56,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model("embedded")
     adapter = JudgeQAdapter.from_pretrained(args.adapter)
-    (corpus, offset), *_ = args.prompt
-    prompt = corpus_prompt(tokenizer, args.prompt_tokens, corpus, offset)
     gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens, "do_sample": False}
-    full_cache = {cache_kwarg(model): DynamicCache(config=model.config)}
-    greedy = model.generate(prompt, **gen, **full_cache)[:, prompt.shape[1] :]
 
     def cache(method: str, decode_every: int | None):
         if method == "full":
@@ -70,22 +66,30 @@ def main() -> int:
         return EvictionCache(model, args.budget, method, decode_every=decode_every)
 
     runs = [("full", None)] + [(m, e) for m in args.methods for e in (None, args.decode_every)]
-    rows, full = [], None
-    for method, every in runs:
-        nll, _ = token_nll(model, prompt, greedy, cache(method, every))
-        mean = statistics.fmean(nll)
-        full = mean if method == "full" else full
-        segments = [statistics.fmean(nll[i : i + args.segment]) for i in range(0, len(nll), args.segment)]
-        row = {"method": method, "decode_every": every, "nll": mean, "nll_vs_full": mean / full}
-        rows.append(row | {"segments": segments})
-        label = (
-            method if method == "full" else f"{method} ({'one-shot' if every is None else f'every {every}'})"
+    out = {"args": {k: v for k, v in vars(args).items() if k != "prompts"}, "prompts": []}
+    for corpus, offset in args.prompts:
+        prompt = corpus_prompt(tokenizer, args.prompt_tokens, corpus, offset)
+        full_cache = {cache_kwarg(model): DynamicCache(config=model.config)}
+        greedy = model.generate(prompt, **gen, **full_cache)[:, prompt.shape[1] :]
+        rows, full = [], None
+        print(f"{corpus}:{offset}")
+        for method, every in runs:
+            nll, _ = token_nll(model, prompt, greedy, cache(method, every))
+            mean = statistics.fmean(nll)
+            full = mean if method == "full" else full
+            segments = [statistics.fmean(nll[i : i + args.segment]) for i in range(0, len(nll), args.segment)]
+            row = {"method": method, "decode_every": every, "nll": mean, "nll_vs_full": mean / full}
+            rows.append(row | {"segments": segments})
+            label = method if every is None else f"{method} (every {every})"
+            label += " (one-shot)" if every is None and method != "full" else ""
+            print(
+                f"  {label:30s} x full {mean / full:6.3f}  segments " + " ".join(f"{x:.3f}" for x in segments)
+            )
+        out["prompts"].append(
+            {"prompt": f"{corpus}:{offset}", "continuation": tokenizer.decode(greedy[0]), "rows": rows}
         )
-        print(f"{label:32s} x full {mean / full:6.3f}  segments " + " ".join(f"{s:.3f}" for s in segments))
     if args.json:
-        out = {"args": {k: v for k, v in vars(args).items() if k != "prompt"}, "prompt": f"{corpus}:{offset}"}
-        out["continuation"] = tokenizer.decode(greedy[0])
-        Path(args.json).write_text(json.dumps(out | {"rows": rows}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

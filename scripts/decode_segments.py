@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache import JudgeQAdapter
 from judgeq_cache.bench import corpus_prompt
 from judgeq_cache.cliargs import choice_list, positive_int
 from judgeq_cache.models import load_model
@@ -31,7 +31,7 @@ from judgeq_cache.scorers import SCORERS
 from judgeq_cache.utils import cache_kwarg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bounded_memory import prompt_specs, token_nll  # noqa: E402
+from bounded_memory import make_cache, prompt_specs, token_nll  # noqa: E402
 
 
 def main() -> int:
@@ -58,13 +58,6 @@ def main() -> int:
     adapter = JudgeQAdapter.from_pretrained(args.adapter)
     gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens, "do_sample": False}
 
-    def cache(method: str, decode_every: int | None):
-        if method == "full":
-            return DynamicCache(config=model.config)
-        if method == "judgeq":
-            return JudgeQCache(model, adapter, args.budget, decode_every=decode_every)
-        return EvictionCache(model, args.budget, method, decode_every=decode_every)
-
     runs = [("full", None)] + [(m, e) for m in args.methods for e in (None, args.decode_every)]
     out = {"args": {k: v for k, v in vars(args).items() if k != "prompts"}, "prompts": []}
     for corpus, offset in args.prompts:
@@ -74,7 +67,7 @@ def main() -> int:
         rows, full = [], None
         print(f"{corpus}:{offset}")
         for method, every in runs:
-            nll, _ = token_nll(model, prompt, greedy, cache(method, every))
+            nll, _ = token_nll(model, prompt, greedy, make_cache(model, method, args.budget, adapter, every))
             mean = statistics.fmean(nll)
             full = mean if method == "full" else full
             segments = [statistics.fmean(nll[i : i + args.segment]) for i in range(0, len(nll), args.segment)]

@@ -6,6 +6,9 @@
 1. ``--train-prompts`` + ``--heldout-prompts`` retrieval prompts over the bundled books
    (:func:`judgeq_cache.training.facts.fact_prompts`: facts unlike the evaluation needles, asked
    before, after or later), 0.8-2.2k tokens, prefilled once and saved under ``WORK/data/`` (resumable).
+   ``--continuation-prompts N`` adds book-continuation prompts
+   (:func:`judgeq_cache.training.continuations.continuation_prompts`; tried for decode-time eviction,
+   not in the bundled adapter: docs/training.md).
 2. Each ``--variants`` entry (``loss:soft_tokens`` or ``loss:soft_tokens:steps``; steps default to
    ``--steps``) trains from the same data; the held-out
    prompts (training distribution, never evaluation prompts) pick the winner by Judge Q's mean needle

@@ -29,10 +29,11 @@ from judgeq_cache.cliargs import choice_list, int_list, positive_int
 from judgeq_cache.data import load_corpus
 from judgeq_cache.models import load_model
 from judgeq_cache.scorers import SCORERS
+from judgeq_cache.training.continuations import overlaps_reserved
 from judgeq_cache.utils import cache_kwarg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bounded_memory import teacher_forced  # noqa: E402
+from bounded_memory import prompt_specs, teacher_forced  # noqa: E402
 
 #: Character offsets of the dev excerpts (the test prompt is Moby-Dick from offset 0).
 DEV_PROMPTS = {"brown": ("brown", 300_000), "moby-late": ("moby_dick", 600_000)}
@@ -57,6 +58,12 @@ def main() -> int:
         default=None,
         help="Judge Q's recent_tokens candidates (the prefill's protected window; default: the scorer's)",
     )
+    parser.add_argument(
+        "--prompts",
+        type=prompt_specs,
+        default=None,
+        help="more dev excerpts, CORPUS:OFFSET,... (default: the two in DEV_PROMPTS); never the test ones",
+    )
     parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-every", type=positive_int, default=32)
@@ -69,7 +76,13 @@ def main() -> int:
     adapter = JudgeQAdapter.from_pretrained(args.adapter)
     kw = cache_kwarg(model)
     rows = []
-    for name, (corpus, offset) in DEV_PROMPTS.items():
+    for corpus, offset in args.prompts or []:
+        if overlaps_reserved(corpus, offset, offset + args.prompt_tokens * 8):
+            parser.error(
+                f"--prompts {corpus}:{offset} comes near a test or dev excerpt (RESERVED); pick another"
+            )
+    prompts = DEV_PROMPTS if args.prompts is None else {f"{c}:{o}": (c, o) for c, o in args.prompts}
+    for name, (corpus, offset) in prompts.items():
         text = load_corpus(corpus)[offset : offset + args.prompt_tokens * 8]
         prompt = tokenizer(text, return_tensors="pt").input_ids[:, : args.prompt_tokens]
         gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens}

@@ -70,7 +70,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         Decode-time eviction: every ``decode_every`` tokens added after the prefill (generated tokens,
         later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
         it is; a fraction of each row's prompt length), always keeping the scorer's
-        ``decode_recent_tokens`` newest entries (Judge Q: 128). ``None`` (default): evict once, at the
+        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). ``None``
+        (default): evict once, at the
         prefill, as the paper does.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).

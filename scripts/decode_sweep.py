@@ -39,12 +39,35 @@ from bounded_memory import prompt_specs, teacher_forced  # noqa: E402
 DEV_PROMPTS = {"brown": ("brown", 300_000), "moby-late": ("moby_dick", 600_000)}
 
 
+def recent_list(text: str) -> list[int | float]:
+    """``--decode-recent``: integers >= 0 (tokens) or decimals in (0, 1] (fractions of the budget)."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(int(item) if item.strip().lstrip("-").isdigit() else float(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers, got {item!r}") from None
+        if (
+            isinstance(values[-1], int)
+            and values[-1] < 0
+            or isinstance(values[-1], float)
+            and not 0 < values[-1] <= 1
+        ):
+            raise argparse.ArgumentTypeError(f"{item!r}: give a count >= 0 or a fraction in (0, 1]")
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budgets", type=int_list(1), default="256,512")
-    parser.add_argument("--decode-recent", type=int_list(0), default="8,64,128,256")
+    parser.add_argument(
+        "--decode-recent",
+        type=recent_list,
+        default="8,64,128,256",
+        help="Judge Q's decode_recent_tokens candidates: counts, or fractions of the budget (0.5)",
+    )
     baselines = choice_list(sorted(set(SCORERS) - {"judgeq", "oracle"}), "scorer")
     parser.add_argument(
         "--baselines",

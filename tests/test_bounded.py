@@ -443,6 +443,42 @@ def test_decode_recent_tokens_must_not_be_negative():
         build_cache(make_model("llama"), "snapkv", 8, decode_recent_tokens=-1)
 
 
+@pytest.mark.parametrize(("budget", "fraction", "count"), [(16, 0.5, 8), (0.5, 0.25, 3)])
+def test_decode_recent_tokens_as_a_fraction_of_each_layers_budget(budget, fraction, count):
+    """A float ``decode_recent_tokens`` is that fraction of the decode budget (an ``int`` budget, or a
+    fractional one resolved on the prompt: 0.5 of 25 tokens keeps 12, a quarter is 3), rounded down:
+    it keeps exactly what the equivalent count keeps at every decode-time eviction."""
+    model = make_model("llama")
+    ids, tokens = prompt(length=25), prompt(length=12, seed=4)
+    caches = [
+        build_cache(model, "judgeq", budget, decode_every=4, decode_recent_tokens=recent)
+        for recent in (fraction, count, count + 1)
+    ]
+    kept = []
+    with torch.no_grad():
+        for cache in caches:
+            model(input_ids=ids, **cache_kwargs(model, cache))
+            for step in range(12):
+                model(input_ids=tokens[:, step : step + 1], **cache_kwargs(model, cache))
+            kept.append(cache.kept_indices)
+    assert all(torch.equal(kept[0][layer], kept[1][layer]) for layer in kept[0])
+    assert any(not torch.equal(kept[0][layer], kept[2][layer]) for layer in kept[0])  # the count matters
+
+
+def test_judgeq_protects_half_of_each_layers_budget_at_decode_time():
+    scorer = build_cache(make_model("llama"), "judgeq", 8).scorer
+    assert scorer.decode_recent_tokens == 0.5
+    assert scorer.for_decoding().protected_counts(512) == (4, 256)
+    assert scorer.for_decoding().protected_counts(256) == (4, 128)
+    assert scorer.protected_counts(512) == (4, 8)  # the prefill keeps its own 8
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_fractional_recent_tokens_must_lie_in_the_unit_interval(value):
+    with pytest.raises(ValueError, match=r"fraction of each layer's budget and must lie in \(0, 1\]"):
+        build_cache(make_model("llama"), "snapkv", 8, decode_recent_tokens=value)
+
+
 def test_benchmark_token_nll_equals_one_forward_over_prompt_and_continuation():
     """The decode benchmark's teacher forcing (token by token through a cache) against the reference:
     one forward over prompt + continuation, cross-entropy of each continuation token."""

@@ -62,7 +62,7 @@ class H2OScorer(AttentionScorer):
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
         # ``recent_tokens`` (0 by default; ``decode_recent_tokens`` at decode steps) can only add to the ratio.
-        return self.sink_tokens, max(self.recent_tokens, int(budget * self.recent_ratio))
+        return self.sink_tokens, max(self.recent_count(budget), int(budget * self.recent_ratio))
 
 
 @dataclass(kw_only=True)

@@ -72,12 +72,13 @@ class Scorer(ABC):
         Smoothing operator.
     sink_tokens : int
         First real tokens always kept.
-    recent_tokens : int
-        Last prompt tokens always kept.
-    decode_recent_tokens : int or None
-        Newest stored entries always kept at decode-time evictions (``decode_every``); None: as many
-        as ``recent_tokens``. Generated text mostly needs the text just before it, which a scorer of
-        the prompt may not rank high.
+    recent_tokens : int or float
+        Last prompt tokens always kept; a float in ``(0, 1]`` is that fraction of each layer's budget
+        (the entries the layer keeps), so it follows fractional and per-layer budgets.
+    decode_recent_tokens : int, float or None
+        Newest stored entries always kept at decode-time evictions (``decode_every``), as a count or
+        a fraction of each layer's budget like ``recent_tokens``; None: as ``recent_tokens``. Generated
+        text mostly needs the text just before it, which a scorer of the prompt may not rank high.
     shared_heads : bool
         Keep the same positions in every KV head of a layer (scores averaged over the heads before the
         top-k, as TOVA does) instead of a separate top-k per head.
@@ -86,8 +87,8 @@ class Scorer(ABC):
     pooling_kernel: int = 1
     pooling: str = "max"
     sink_tokens: int = 0
-    recent_tokens: int = 0
-    decode_recent_tokens: int | None = None
+    recent_tokens: int | float = 0
+    decode_recent_tokens: int | float | None = None
     shared_heads: bool = False
 
     name: ClassVar[str] = ""
@@ -102,6 +103,13 @@ class Scorer(ABC):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         if self.sink_tokens < 0 or self.recent_tokens < 0 or (self.decode_recent_tokens or 0) < 0:
             raise ValueError("sink_tokens, recent_tokens and decode_recent_tokens must be >= 0")
+        for name in ("recent_tokens", "decode_recent_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not 0.0 < value <= 1.0:
+                raise ValueError(
+                    f"{name}={value}: a float is a fraction of each layer's budget and must lie in (0, 1]; "
+                    "pass an int for a number of tokens"
+                )
 
     @abstractmethod
     def score(self, inputs: LayerInputs) -> torch.Tensor:
@@ -140,7 +148,13 @@ class Scorer(ABC):
 
     def protected_counts(self, budget: int) -> tuple[int, int]:
         """``(sinks, recent)`` entries always kept for a layer keeping ``budget`` entries."""
-        return self.sink_tokens, self.recent_tokens
+        return self.sink_tokens, self.recent_count(budget)
+
+    def recent_count(self, budget: int) -> int:
+        """``recent_tokens`` for a layer keeping ``budget`` entries (a fraction resolved, rounded down)."""
+        if isinstance(self.recent_tokens, float):
+            return int(budget * self.recent_tokens)
+        return self.recent_tokens
 
     def layer_budgets(self, budget: Budget, prompt_length: int, num_layers: int) -> list[int]:
         """Entries kept per head for each evictable layer (uniform by default)."""

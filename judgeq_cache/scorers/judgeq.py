@@ -31,10 +31,11 @@ class JudgeQScorer(AttentionScorer):
     #: template's assistant header), a few dozen bytes that decoding always needs.
     sink_tokens: int = 4
     recent_tokens: int = 8
-    #: Decode-time evictions (``decode_every``) keep the newest 128 entries: generated text needs the
-    #: text just before it, which the soft tokens (trained on questions about the prompt) do not rank.
-    #: Chosen on dev prompts (``scripts/decode_sweep.py``, docs/decode_sweep.md).
-    decode_recent_tokens: int | None = 128
+    #: Decode-time evictions (``decode_every``) keep the newest half of each layer's budget: generated
+    #: text needs the text just before it, which the soft tokens (trained on questions about the
+    #: prompt) do not rank. Chosen on dev prompts (``scripts/decode_sweep.py``, docs/decode_sweep.md:
+    #: 128 at budget 256, 256 at budget 512).
+    decode_recent_tokens: int | float | None = 0.5
     #: Hybrid score: ``(1 - w) * soft + w * window``, where ``window`` is the attention of the last
     #: ``window_size`` prompt queries captured during the prefill (``window_size=1``: TOVA's last
     #: query). 0 = the soft tokens alone (the paper's, and the default: the hybrid helped the first

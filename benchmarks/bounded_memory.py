@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -290,6 +291,36 @@ def run_needles(args) -> list[dict]:
     return rows
 
 
+def reuse_decode_rows(rows: list[dict], path: str, parser: argparse.ArgumentParser) -> list[dict]:
+    """``rows`` plus the rows of ``path`` for the same prompts and budgets whose method this run did not
+    measure. Decode NLLs are deterministic, so the full-cache rows of both runs must agree: a check that
+    the earlier run continued the same prompts with the same model."""
+    try:
+        earlier = json.loads(Path(path).read_text())["decode"]
+    except (OSError, ValueError, KeyError) as err:
+        parser.error(f"--reuse-decode {path}: not a bounded_memory JSON with decode rows ({err})")
+    full = {r["prompt"]: r for r in rows if r["method"] == "full"}
+    budgets = {r["budget"] for r in rows if r["budget"] is not None}
+    for r in earlier:
+        mine = full.get(r["prompt"])
+        if r["method"] == "full" and mine is not None:
+            for key in ("nll", "nll_sampled", "nll_text"):
+                if abs(r[key] - mine[key]) > 1e-4 * abs(mine[key]):
+                    parser.error(
+                        f"--reuse-decode {path}: its full-cache {key} on {r['prompt']} differs from this run's"
+                    )
+    measured = {(r["method"], r["budget"]) for r in rows}
+    reused = [
+        r
+        for r in earlier
+        if r["prompt"] in full and r["budget"] in budgets and (r["method"], r["budget"]) not in measured
+    ]
+    order = list(full)
+    return sorted(
+        rows + reused, key=lambda r: (order.index(r["prompt"]), r["budget"] or 0, r["method"] != "full")
+    )
+
+
 def prompt_specs(text: str) -> list[tuple[str, int]]:
     """``--decode-prompts``: comma-separated ``corpus:offset`` pairs of bundled corpora."""
     specs = []
@@ -337,6 +368,13 @@ def main() -> int:
     parser.add_argument("--skip-prefill", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--json", default=None, help="also write all rows to this JSON file")
+    parser.add_argument(
+        "--reuse-decode",
+        default=None,
+        metavar="JSON",
+        help="take the decode rows of methods not in --methods from this earlier run (same prompts and "
+        "budgets; its full-cache rows must match this run's) and summarise them together",
+    )
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -351,6 +389,9 @@ def main() -> int:
         "decode": [] if args.skip_decode else run_decode(args),
         "needles": run_needles(args) if args.needle_samples else [],
     }
+    if result["decode"] and args.reuse_decode:
+        result["decode"] = reuse_decode_rows(result["decode"], args.reuse_decode, parser)
+        result["reused_from"] = args.reuse_decode
     if result["decode"]:
         result["decode_summary"] = decode_summary(result["decode"])
         for row in result["decode_summary"]:

@@ -500,3 +500,56 @@ def test_benchmark_token_nll_equals_one_forward_over_prompt_and_continuation():
     torch.testing.assert_close(torch.tensor(nll), expected, rtol=1e-4, atol=1e-4)
     mean, _ = teacher_forced(model, prompt, continuation, DynamicCache(config=model.config))
     assert mean == pytest.approx(expected.mean().item(), abs=1e-4)
+
+
+def test_benchmark_reuse_decode_takes_missing_methods_and_checks_the_full_rows(tmp_path):
+    """``--reuse-decode``: an earlier run's rows fill in the methods this run did not measure (same
+    prompts and budgets only); a full-cache row that disagrees is an argparse error, not a merge."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bounded_memory import decode_summary, reuse_decode_rows
+
+    def row(prompt, method, budget, nll):
+        ratios = {} if method == "full" else {f"{k}_vs_full": nll for k in ("nll", "nll_sampled", "nll_text")}
+        return {
+            "prompt": prompt,
+            "method": method,
+            "budget": budget,
+            **dict.fromkeys(("nll", "nll_sampled", "nll_text"), nll),
+            **ratios,
+        }
+
+    earlier = [row(p, "full", None, 1.0) for p in ("a:0", "b:0", "c:0")]
+    earlier += [
+        row(p, m, b, 1.1)
+        for p in ("a:0", "b:0", "c:0")
+        for m in ("judgeq", "streamingllm")
+        for b in (256, 512)
+    ]
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"decode": earlier}))
+    now = [
+        row("a:0", "full", None, 1.0),
+        row("a:0", "judgeq", 512, 1.05),
+        row("b:0", "full", None, 1.0),
+        row("b:0", "judgeq", 512, 1.2),
+    ]
+    parser = argparse.ArgumentParser()
+    merged = reuse_decode_rows(now, str(path), parser)
+    assert [(r["prompt"], r["method"], r["budget"]) for r in merged] == [
+        ("a:0", "full", None),
+        ("a:0", "judgeq", 512),
+        ("a:0", "streamingllm", 512),
+        ("b:0", "full", None),
+        ("b:0", "judgeq", 512),
+        ("b:0", "streamingllm", 512),
+    ]  # this run's judgeq rows win; budget 256 and prompt c:0 were not run now
+    summary = {r["method"]: r for r in decode_summary(merged)}
+    assert summary["judgeq"]["nll_below_streamingllm"] == 1
+    now[2]["nll_sampled"] = 1.01
+    with pytest.raises(SystemExit):
+        reuse_decode_rows(now, str(path), parser)

@@ -71,8 +71,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
         it is; a fraction of each row's prompt length), always keeping the scorer's
         ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). ``None``
-        (default): evict once, at the
-        prefill, as the paper does.
+        (default): evict once, at the prefill, as the paper does.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).
 

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.bench import corpus_prompt
-from judgeq_cache.cliargs import choice_list, positive_int
+from judgeq_cache.cliargs import choice_list, non_negative_int, positive_int
 from judgeq_cache.models import load_model
 from judgeq_cache.scorers import SCORERS
 from judgeq_cache.utils import cache_kwarg
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--segment", type=positive_int, default=64)
     parser.add_argument("--budget", type=positive_int, default=512)
-    parser.add_argument("--decode-every", type=positive_int, default=32)
+    parser.add_argument("--decode-every", type=non_negative_int, default=32, help="0: one-shot eviction only")
     parser.add_argument(
         "--methods",
         type=choice_list(sorted(set(SCORERS) - {"oracle"}), "scorer"),
@@ -58,7 +58,8 @@ def main() -> int:
     adapter = JudgeQAdapter.from_pretrained(args.adapter)
     gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens, "do_sample": False}
 
-    runs = [("full", None)] + [(m, e) for m in args.methods for e in (None, args.decode_every)]
+    modes = (None, args.decode_every) if args.decode_every else (None,)
+    runs = [("full", None)] + [(m, e) for m in args.methods for e in modes]
     out = {"args": {k: v for k, v in vars(args).items() if k != "prompts"}, "prompts": []}
     for corpus, offset in args.prompts:
         prompt = corpus_prompt(tokenizer, args.prompt_tokens, corpus, offset)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import math
 import os
 import statistics
@@ -86,13 +87,28 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_bytes())
 
 
-def _load(adapter_path: str):
+def load_embedded(adapter_path: str, *, allow_untrained: bool = False):
+    """The embedded model, its tokenizer and the Judge Q adapter at ``adapter_path``. A missing adapter
+    is an error, except where only cost is measured (``allow_untrained``: an untrained adapter costs
+    the same; a warning says so)."""
     model, tokenizer = load_model("embedded")
     try:
         adapter = JudgeQAdapter.from_pretrained(adapter_path)
-    except (OSError, ValueError):
-        adapter = JudgeQAdapter.init_for(model)  # an untrained adapter costs the same
+    except (OSError, ValueError) as err:
+        if not allow_untrained:
+            raise SystemExit(f"--adapter {adapter_path}: cannot load a Judge Q adapter ({err})") from None
+        logging.getLogger(__name__).warning(
+            "%s: %s; measuring cost with an untrained adapter", adapter_path, err
+        )
+        adapter = JudgeQAdapter.init_for(model)
     return model, tokenizer, adapter
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--adapter``, ``--threads`` and ``--json``, shared by the decode scripts in ``scripts/``."""
+    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
 
 
 def make_cache(model, method: str, budget, adapter, decode_every=None):
@@ -107,7 +123,7 @@ def make_cache(model, method: str, budget, adapter, decode_every=None):
 def prefill_probe(kind: str, length: int, budget: int, method: str, adapter_path: str) -> dict:
     """One prefill (``generate``, one new token) in this process: ``kind`` is ``full``, ``oneshot`` or
     ``chunk<N>``."""
-    model, tokenizer, adapter = _load(adapter_path)
+    model, tokenizer, adapter = load_embedded(adapter_path, allow_untrained=True)
     ids = corpus_prompt(tokenizer, length)
     chunk = int(kind[5:]) if kind.startswith("chunk") else None
     # Warm-up on a short prompt: the weights are memory-mapped, and the first forward pages them in
@@ -176,7 +192,7 @@ def run_decode(args) -> list[dict]:
     excess NLL over the full cache's estimates the KL divergence from it, where a greedy continuation
     is often a near-deterministic loop whose ratio swings either way) and the book's real next text
     (``nll_text``)."""
-    model, tokenizer, adapter = _load(args.adapter)
+    model, tokenizer, adapter = load_embedded(args.adapter)
     rows = []
     for spec in tqdm(args.decode_prompts, desc="decode prompts"):
         text = corpus_prompt(tokenizer, args.decode_prompt + args.decode_tokens, *spec)
@@ -265,7 +281,7 @@ def run_needles(args) -> list[dict]:
     """Needle accuracy per method, one-shot vs chunked, at the same budget and prompts."""
     from judgeq_cache.eval.tasks import make_samples
 
-    model, tokenizer, adapter = _load(args.adapter)
+    model, tokenizer, adapter = load_embedded(args.adapter)
     samples = [
         s
         for task in NEEDLE_TASKS

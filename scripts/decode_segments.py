@@ -23,15 +23,13 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from judgeq_cache import JudgeQAdapter
 from judgeq_cache.bench import corpus_prompt
 from judgeq_cache.cliargs import choice_list, non_negative_int, positive_int
-from judgeq_cache.models import load_model
 from judgeq_cache.scorers import SCORERS
 from judgeq_cache.utils import cache_kwarg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bounded_memory import make_cache, prompt_specs, token_nll  # noqa: E402
+from bounded_memory import add_run_arguments, load_embedded, make_cache, prompt_specs, token_nll  # noqa: E402
 
 
 def main() -> int:
@@ -49,13 +47,10 @@ def main() -> int:
         type=choice_list(sorted(set(SCORERS) - {"oracle"}), "scorer"),
         default="judgeq,streamingllm,snapkv",
     )
-    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
-    parser.add_argument("--threads", type=positive_int, default=2)
-    parser.add_argument("--json", default=None)
+    add_run_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model("embedded")
-    adapter = JudgeQAdapter.from_pretrained(args.adapter)
+    model, tokenizer, adapter = load_embedded(args.adapter)
     gen = {"max_new_tokens": args.decode_tokens, "min_new_tokens": args.decode_tokens, "do_sample": False}
 
     modes = (None, args.decode_every) if args.decode_every else (None,)

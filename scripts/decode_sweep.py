@@ -24,36 +24,31 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.cliargs import choice_list, int_list, positive_int
+from judgeq_cache import EvictionCache, JudgeQCache
+from judgeq_cache.cliargs import choice_list, int_list, non_negative_int, positive_float, positive_int
 from judgeq_cache.data import load_corpus
-from judgeq_cache.models import load_model
 from judgeq_cache.scorers import SCORERS
 from judgeq_cache.training.continuations import overlaps_reserved
 from judgeq_cache.utils import cache_kwarg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bounded_memory import prompt_specs, teacher_forced  # noqa: E402
+from bounded_memory import add_run_arguments, load_embedded, prompt_specs, teacher_forced  # noqa: E402
 
 #: Character offsets of the dev excerpts (the test prompt is Moby-Dick from offset 0).
 DEV_PROMPTS = {"brown": ("brown", 300_000), "moby-late": ("moby_dick", 600_000)}
 
 
 def recent_list(text: str) -> list[int | float]:
-    """``--decode-recent``: integers >= 0 (tokens) or decimals in (0, 1] (fractions of the budget)."""
+    """``--decode-recent``: counts (``128``, via ``non_negative_int``) or fractions of the budget in
+    ``(0, 1]`` (``0.5``, any value with a decimal point)."""
     values = []
     for item in text.split(","):
-        try:
-            values.append(int(item) if item.strip().lstrip("-").isdigit() else float(item))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected numbers, got {item!r}") from None
-        if (
-            isinstance(values[-1], int)
-            and values[-1] < 0
-            or isinstance(values[-1], float)
-            and not 0 < values[-1] <= 1
-        ):
-            raise argparse.ArgumentTypeError(f"{item!r}: give a count >= 0 or a fraction in (0, 1]")
+        if "." not in item:
+            values.append(non_negative_int(item))
+        elif not 0 < positive_float(item) <= 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: a fraction of the budget must lie in (0, 1]")
+        else:
+            values.append(float(item))
     return values
 
 
@@ -90,13 +85,10 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=positive_int, default=1024)
     parser.add_argument("--decode-tokens", type=positive_int, default=512)
     parser.add_argument("--decode-every", type=positive_int, default=32)
-    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
-    parser.add_argument("--threads", type=positive_int, default=2)
-    parser.add_argument("--json", default=None)
+    add_run_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model("embedded")
-    adapter = JudgeQAdapter.from_pretrained(args.adapter)
+    model, tokenizer, adapter = load_embedded(args.adapter)
     kw = cache_kwarg(model)
     rows = []
     for corpus, offset in args.prompts or []:

@@ -106,7 +106,7 @@ def load_embedded(adapter_path: str, *, allow_untrained: bool = False):
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--adapter``, ``--threads`` and ``--json``, shared by the decode scripts in ``scripts/``."""
-    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--adapter", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
 
@@ -372,7 +372,7 @@ def main() -> int:
     parser.add_argument("--decode-every", type=positive_int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="of the sampled continuation")
     parser.add_argument("--methods", type=choice_list(METHODS, "method"), default=",".join(METHODS))
-    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--adapter", default="smollm2-135m-instruct")
     parser.add_argument("--needle-samples", type=int, default=4, help="per needle task (0 = skip)")
     parser.add_argument("--needle-length", type=positive_int, default=2048)
     parser.add_argument("--needle-chunk", type=positive_int, default=512)

@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--length", type=positive_int, default=4096)
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, default=2)
-    parser.add_argument("--adapter", default="adapters/smollm2-135m-instruct")
+    parser.add_argument("--adapter", default="smollm2-135m-instruct")
     parser.add_argument("--rows", type=positive_int, default=25, help="profile rows printed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -113,6 +113,34 @@ class JudgeQAdapter(AdapterIOMixin, nn.Module):
         )
         return cls(rows, config)
 
+    @property
+    def is_trained(self) -> bool:
+        """Whether the rows came out of training (``config.training`` records the run); an adapter
+        from :meth:`init_for` is not, and scores no better than chance."""
+        return bool(self.config.training)
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> JudgeQAdapter:
+        """The trained adapter that ships with the package for ``model``.
+
+        Matched by what matters (architecture, sizes and a fingerprint of the embedding weights), not
+        by the path the model was loaded from. Raises ``LookupError`` naming ``judgeq train`` when no
+        shipped adapter fits.
+        """
+        from .pretrained import shipped_adapter_names, shipped_adapter_path
+
+        for name in shipped_adapter_names():
+            adapter = cls.from_pretrained(shipped_adapter_path(name))
+            signature = adapter.config.model_signature
+            if signature and adapter.hidden_size == model.get_input_embeddings().weight.shape[1]:
+                if not signature_differences(signature, model):
+                    return adapter
+        name = getattr(text_config(model), "_name_or_path", "") or type(model).__name__
+        raise LookupError(
+            f"no Judge Q adapter ships for {name!r} (shipped: {', '.join(shipped_adapter_names())}); train one "
+            "with `judgeq train --model <model> --output <dir>` and load it with JudgeQAdapter.from_pretrained(dir)"
+        )
+
     def check_compatible(self, model: nn.Module) -> None:
         """Raise if the rows cannot feed ``model`` (width, NaN/Inf); warn (once per model) if they were
         trained on another model.

@@ -78,8 +78,10 @@ class AdapterIOMixin:
         Parameters
         ----------
         name_or_path :
-            A directory holding ``adapter_config.json`` + ``adapter_model.safetensors``, or a Hub repo id
-            (``"org/name"``), fetched with ``huggingface_hub.snapshot_download``.
+            A directory holding ``adapter_config.json`` + ``adapter_model.safetensors`` (a path that
+            exists is always a path), the short name of an adapter that ships with the package
+            (``"smollm2-135m-instruct"``; see :func:`judgeq_cache.pretrained.shipped_adapter_names`), or
+            a Hub repo id (``"org/name"``), fetched with ``huggingface_hub.snapshot_download``.
         revision :
             Hub branch, tag or commit (Hub ids only).
         model :
@@ -153,7 +155,7 @@ class AdapterIOMixin:
             except Exception as err:  # network, authentication and HTTP errors
                 raise OSError(
                     f"could not push the Judge Q adapter to the Hub repo {repo_id!r} ({type(err).__name__}: {err}); "
-                    "check the network, your token (huggingface-cli login) and write access to the repo, "
+                    "check the network, your token (`hf auth login`, or token=...) and write access to the repo, "
                     "or save it locally with save_pretrained(dir)"
                 ) from err
         return str(getattr(info, "commit_url", info))
@@ -211,6 +213,14 @@ def _resolve(name_or_path: str | os.PathLike, revision: str | None, hub_kwargs: 
             logger.warning("revision=%r is ignored for the local directory %s", revision, local)
         return local
     name = str(name_or_path)
+    if not isinstance(name_or_path, Path):
+        from .pretrained import shipped_adapter_path
+
+        shipped = shipped_adapter_path(name)
+        if shipped is not None:
+            if revision is not None:
+                logger.warning("revision=%r is ignored for the shipped adapter %r", revision, name)
+            return shipped
     if local.exists():
         raise NotADirectoryError(
             f"Judge Q adapter {name!r} is a file; pass the directory that holds {CONFIG_NAME}"

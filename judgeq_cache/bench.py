@@ -36,7 +36,7 @@ from .utils import cache_kwarg, kv_bytes
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADAPTER = "adapters/smollm2-135m-instruct"
+DEFAULT_ADAPTER = "smollm2-135m-instruct"
 
 
 @dataclass
@@ -154,23 +154,20 @@ def measure(
     )
 
 
-def _load(adapter_path: str):
+def _load(adapter_path: str, allow_untrained: bool = False):
+    from .eval.loading import load_adapter
     from .models import load_model
 
     model, tokenizer = load_model("embedded")
-    try:
-        adapter = JudgeQAdapter.from_pretrained(adapter_path)
-    except (OSError, ValueError) as err:
-        logger.warning(
-            "no adapter at %s (%s): timing an untrained one, which costs the same", adapter_path, err
-        )
-        adapter = JudgeQAdapter.init_for(model)
+    adapter, label = load_adapter(model, adapter_path, allow_untrained=allow_untrained)
+    if not adapter.is_trained:
+        logger.warning("timing an untrained adapter (%s), as asked: it costs the same as a trained one", label)
     return model, tokenizer, adapter
 
 
-def _rss_probe(kind: str, length: int, kept: float, steps: int, adapter_path: str) -> None:
+def _rss_probe(kind: str, length: int, kept: float, steps: int, adapter_path: str, allow_untrained: bool) -> None:
     """Child process: prefill + decode with one cache kind; print peak RSS (MiB) as JSON."""
-    model, tokenizer, adapter = _load(adapter_path)
+    model, tokenizer, adapter = _load(adapter_path, allow_untrained)
     ids = corpus_prompt(tokenizer, length)
     decode_ms_per_token(model, ids, make_cache(model, kind, kept, adapter), steps)
     sys.stdout.write(
@@ -178,9 +175,12 @@ def _rss_probe(kind: str, length: int, kept: float, steps: int, adapter_path: st
     )
 
 
-def peak_rss_mib(kind: str, length: int, kept: float, steps: int, adapter_path: str) -> float:
+def peak_rss_mib(
+    kind: str, length: int, kept: float, steps: int, adapter_path: str, allow_untrained: bool = False
+) -> float:
     cmd = [sys.executable, "-m", "judgeq_cache.bench", "--rss-probe", kind, "--lengths", str(length)]
     cmd += ["--kept", str(kept), "--decode-steps", str(steps), "--adapter", adapter_path]
+    cmd += ["--allow-untrained"] * allow_untrained
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -228,7 +228,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per kind (median)")
     parser.add_argument("--decode-steps", type=positive_int, default=32, help="decode steps timed per run")
-    parser.add_argument("--adapter", default=DEFAULT_ADAPTER)
+    parser.add_argument(
+        "--adapter", default=DEFAULT_ADAPTER, help="adapter dir, shipped name or Hub id (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="time an untrained adapter when the adapter cannot be loaded (it costs the same; nothing is scored)",
+    )
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh subprocesses")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
@@ -237,9 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     lengths = args.lengths
     if args.rss_probe:
-        _rss_probe(args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter)
+        _rss_probe(args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter, args.allow_untrained)
         return 0
-    model, tokenizer, adapter = _load(args.adapter)
+    model, tokenizer, adapter = _load(args.adapter, args.allow_untrained)
     rows = []
     for length in lengths:
         logger.info("measuring %d-token prompts", length)
@@ -247,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
             model, corpus_prompt(tokenizer, length), adapter, args.kept, args.repeats, args.decode_steps
         )
         if args.rss:
-            row.peak_rss_full_mib = peak_rss_mib("full", length, args.kept, args.decode_steps, args.adapter)
-            row.peak_rss_kept_mib = peak_rss_mib("judgeq", length, args.kept, args.decode_steps, args.adapter)
+            row.peak_rss_full_mib = peak_rss_mib("full", length, args.kept, args.decode_steps, args.adapter, args.allow_untrained)
+            row.peak_rss_kept_mib = peak_rss_mib(
+                "judgeq", length, args.kept, args.decode_steps, args.adapter, args.allow_untrained
+            )
         rows.append(row)
     header = (
         f"SmolLM2-135M-Instruct, fp32, {'CUDA' if torch.cuda.is_available() else 'CPU'}, "

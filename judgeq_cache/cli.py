@@ -59,11 +59,23 @@ def _unavailable(err: Exception) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command(argv)
-    args = build_parser([command] if command in SUBCOMMANDS else []).parse_args(argv)
+    parser = build_parser([command] if command in SUBCOMMANDS else [])
+    args = parser.parse_args(argv)
+    # A subcommand's ``check(args)`` sees every argument together before anything heavy runs; what it
+    # returns is an argparse error (exit 2, no traceback).
+    problem = args.check(args) if getattr(args, "check", None) else None
+    if problem:
+        parser.error(f"{args.command}: {problem}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    return int(args.func(args) or 0)
+    from .errors import UserError
+
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:  # found only once the model is loaded (e.g. no adapter fits it)
+        logging.getLogger("judgeq").error("%s", err)
+        return 2
 
 
 if __name__ == "__main__":

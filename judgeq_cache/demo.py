@@ -133,7 +133,12 @@ def register_cli(subparsers) -> None:
         "--adapter",
         type=adapter_source,
         default=None,
-        help="adapter dir or Hub id (default: the bundled one)",
+        help="adapter dir, shipped name or Hub id (default: the one that ships for the embedded model)",
+    )
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="accept an adapter that was never trained (its figures are labelled judgeq-untrained)",
     )
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = default)")
     p.set_defaults(func=_main)
@@ -160,7 +165,7 @@ def _main(args: argparse.Namespace) -> int:
         flush=True,
     )
     model, tokenizer = load_model("embedded")
-    adapter, label = load_adapter(model, args.adapter)
+    adapter, label = load_adapter(model, args.adapter, allow_untrained=args.allow_untrained)
     print(f"Judge Q adapter: {label}", flush=True)
     budgets = args.budgets
     print(

@@ -1,6 +1,6 @@
 """Choose Judge Q's selection settings on a *dev* split of the needle tasks (never the reported seed).
 
-    python scripts/selection_sweep.py --work runs/dev --adapter adapters/smollm2-135m-instruct \
+    python scripts/selection_sweep.py --work runs/dev --adapter smollm2-135m-instruct \
         --samples 4 --seed 1 --markdown docs/selection_sweep.md
 
 Dev prompts (``make_samples(..., seed=--seed)``; the reported tables use seed 0) are prefilled once

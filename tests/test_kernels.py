@@ -22,34 +22,9 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_kernels():
-    """``judgeq_cache.kernels`` from this checkout; falls back to loading ``kernels/`` by path.
-
-    The fallback registers the folder under a private name (never as a top-level ``kernels``
-    package) so the tests also run before the package is installed.
-    """
-    try:
-        mod = importlib.import_module("judgeq_cache.kernels")
-        if Path(mod.__file__).resolve().parent == ROOT / "kernels":
-            return mod
-    except Exception:  # not installed, or the rest of the package is mid-edit
-        pass
-    name = "_judgeq_kernels_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-K = _load_kernels()
+K = importlib.import_module("judgeq_cache.kernels")
 reference = K.reference
 
 try:

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
 
     root = sys.argv[1]
     spec = importlib.util.spec_from_file_location(
-        "_kernels_compile", root + "/kernels/__init__.py", submodule_search_locations=[root + "/kernels"]
+        "_kernels_compile", root + "/judgeq_cache/kernels/__init__.py", submodule_search_locations=[root + "/judgeq_cache/kernels"]
     )
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["_kernels_compile"] = pkg

@@ -89,10 +89,16 @@ def register_cli(subparsers) -> None:
         "--adapter",
         type=adapter_source,
         default=None,
-        help="Judge Q adapter dir or Hub id (default: bundled, else untrained); 'untrained' = fresh rows",
+        help="Judge Q adapter dir, shipped name or Hub id (default: the one that ships for --model); "
+        "'untrained' = fresh rows on purpose",
+    )
+    run.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="measure an untrained adapter where no trained one is found (rows labelled judgeq-untrained)",
     )
     run.add_argument("--no-hit-rate", action="store_true", help="skip the critical-KV hit rate vs the oracle")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, check=_check_run)
 
     kv = sub.add_parser(
         "kvpress", help="kvpress presses on the same samples (needs kvpress, transformers<5.3)"
@@ -161,6 +167,18 @@ def _prepare(args):
     return model, tokenizer, samples, args.budgets
 
 
+def _check_run(args) -> str | None:
+    """Refuse, before the model loads, a Judge Q run with no trained adapter in reach."""
+    from .loading import UNTRAINED_FIX, shipped_adapter_expected
+    from .runner import scorer_of
+
+    if args.adapter or args.allow_untrained or not any(scorer_of(m) == "judgeq" for m in args.methods):
+        return None
+    if not shipped_adapter_expected(args.model):
+        return f"--model {args.model!r} has no Judge Q adapter that ships with the package: {UNTRAINED_FIX}"
+    return None
+
+
 def _run(args) -> int:
     from .loading import load_adapter
     from .runner import evaluate, scorer_of
@@ -168,7 +186,9 @@ def _run(args) -> int:
     model, tokenizer, samples, budgets = _prepare(args)
     methods = args.methods
     needs_adapter = any(scorer_of(m) == "judgeq" for m in methods)  # judgeq-shared, judgeq-perhead too
-    adapter, label = load_adapter(model, args.adapter) if needs_adapter else (None, "")
+    adapter, label = (
+        load_adapter(model, args.adapter, allow_untrained=args.allow_untrained) if needs_adapter else (None, "")
+    )
     n = 0
     for _ in evaluate(
         model,

@@ -4,45 +4,67 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 from ..adapter import JudgeQAdapter
+from ..errors import UntrainedAdapterError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUNDLED_ADAPTER", "load_adapter", "load_samples"]
+__all__ = [
+    "BUNDLED_ADAPTER",
+    "UntrainedAdapterError",
+    "load_adapter",
+    "load_samples",
+    "shipped_adapter_expected",
+]
 
-#: The adapter trained for the embedded model (repository checkout or installed package data).
+#: The adapter trained for the embedded model (ships inside the package, loads by this name).
 BUNDLED_ADAPTER = "smollm2-135m-instruct"
-_ADAPTER_DIRS = (
-    Path(__file__).resolve().parents[2] / "adapters",
-    Path(__file__).resolve().parents[1] / "adapters",
+
+#: What to do instead of measuring an untrained adapter (the end of every refusal).
+UNTRAINED_FIX = (
+    "pass --adapter DIR (or a shipped name such as 'smollm2-135m-instruct'), train one with "
+    "`judgeq train --model <model> --output DIR`, or pass --allow-untrained to measure an untrained "
+    "adapter on purpose (its rows are reported as judgeq-untrained)"
 )
 
 
-def _find_bundled(name: str) -> Path | None:
-    for root in _ADAPTER_DIRS:
-        path = root / name
-        if path.is_dir() and any(path.glob("*.safetensors")):
-            return path
-    return None
+def load_adapter(model, path: str | None = None, *, allow_untrained: bool = False) -> tuple[JudgeQAdapter, str]:
+    """``(adapter, label)`` for the figures of ``judgeq eval``, ``demo`` and ``bench``.
 
-
-def load_adapter(model, path: str | None = None) -> tuple[JudgeQAdapter, str]:
-    """``(adapter, label)``. ``path`` (a directory or Hub id), else the bundled adapter for the
-    embedded model, else a fresh ``JudgeQAdapter.init_for(model)`` labelled "untrained adapter".
-    ``path="untrained"`` asks for that fresh adapter on purpose (the training's starting point, for
-    ablations); its rows are reported as ``judgeq-untrained``."""
+    ``path`` is a directory, a shipped name or a Hub id; without it, the adapter that ships for
+    ``model`` (:meth:`JudgeQAdapter.for_model`). ``path="untrained"`` asks for fresh rows on purpose
+    (the training's starting point, for ablations). An untrained adapter anywhere else raises
+    :class:`UntrainedAdapterError` unless ``allow_untrained``; its rows are labelled "untrained" so
+    that they are reported as ``judgeq-untrained`` and never mix with a trained adapter's.
+    """
     if path == "untrained":
         return JudgeQAdapter.init_for(model), "untrained adapter (init_for, vocab, seed 0)"
     if path:
-        return JudgeQAdapter.from_pretrained(path), str(path)
-    bundled = _find_bundled(BUNDLED_ADAPTER)
-    name = (getattr(model.config, "_name_or_path", "") or "").lower()
-    if bundled is not None and "smollm2-135m" in name:
-        return JudgeQAdapter.from_pretrained(str(bundled)), f"bundled {BUNDLED_ADAPTER}"
-    logger.warning("no trained Judge Q adapter found: using an UNTRAINED adapter (JudgeQAdapter.init_for)")
-    return JudgeQAdapter.init_for(model), "untrained adapter"
+        adapter = JudgeQAdapter.from_pretrained(path)
+        if adapter.is_trained:
+            return adapter, str(path)
+        if not allow_untrained:
+            raise UntrainedAdapterError(f"the Judge Q adapter {path!r} was never trained; {UNTRAINED_FIX}")
+        return adapter, f"untrained adapter ({path})"
+    try:
+        adapter = JudgeQAdapter.for_model(model)
+    except LookupError as err:
+        if not allow_untrained:
+            raise UntrainedAdapterError(f"{err}; or {UNTRAINED_FIX}") from err
+        logger.warning("no trained Judge Q adapter for this model: using an UNTRAINED one (--allow-untrained)")
+        return JudgeQAdapter.init_for(model), "untrained adapter"
+    return adapter, f"bundled {adapter.config.base_model.split('/')[-1].lower()}"
+
+
+def shipped_adapter_expected(model_name: str) -> bool:
+    """Whether ``model_name`` (``--model``) is one a shipped adapter was trained on: the check the
+    CLIs run *before* loading the model, so that a missing adapter is an argparse error."""
+    from ..models import embedded_model
+    from ..pretrained import shipped_base_models
+
+    spec = embedded_model(model_name)
+    model_id = spec.model_id if spec is not None else model_name
+    return model_id.lower() in {m.lower() for m in shipped_base_models().values()}
 
 
 def load_samples(

@@ -9,8 +9,8 @@ device-to-device copy. It also times the compaction (``gather_kv``: Triton kerne
 
 On CPU: prints the reference timings only (small N); GPU figures need a GPU.
 
-    python benchmarks/kernels.py                 # GPU: full table
-    python benchmarks/kernels.py --n 4096 32768  # other lengths
+    python benchmarks/kernel_speed.py                 # GPU: full table
+    python benchmarks/kernel_speed.py --n 4096 32768  # other lengths
 """
 
 from __future__ import annotations

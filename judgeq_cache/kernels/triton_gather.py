@@ -3,7 +3,7 @@
 One launch copies the kept rows of both K and V (grid ``(B * H, k blocks)``; each program copies
 ``BLOCK_K`` rows of K and of V). Whether it beats ``torch.gather`` has not been measured yet (no GPU
 was lent to the task that wrote it), so the dispatcher keeps ``torch.gather`` by default on CUDA and
-uses this kernel only when ``JUDGEQ_KERNELS=triton`` forces Triton; ``benchmarks/kernels.py`` times
+uses this kernel only when ``JUDGEQ_KERNELS=triton`` forces Triton; ``benchmarks/kernel_speed.py`` times
 both.
 """
 

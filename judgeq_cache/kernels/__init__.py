@@ -13,7 +13,7 @@ Tensors that need a gradient always take the torch reference (the Triton kernels
 backward). :func:`attention_scores` uses the fused Triton scoring kernel whenever the backend
 is ``"triton"``. :func:`gather_kv` uses the Triton compaction kernel only when Triton is forced
 with ``JUDGEQ_KERNELS=triton``: by default it keeps ``torch.gather`` until a GPU benchmark
-(``benchmarks/kernels.py``) shows the kernel is faster. :func:`select_indices` is always torch
+(``benchmarks/kernel_speed.py``) shows the kernel is faster. :func:`select_indices` is always torch
 (pooling + ``topk`` + ``sort`` on ``[B, H, N]`` scores is cheap next to the scoring pass).
 """
 

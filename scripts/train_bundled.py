@@ -1,7 +1,7 @@
 """Reproduce the bundled SmolLM2-135M-Instruct adapter (CPU, offline, resumable).
 
-    python adapters/smollm2-135m-instruct/train_bundled.py --work runs/bundled --threads 2
-    python adapters/smollm2-135m-instruct/train_bundled.py --work runs/bundled --stage prepare  # data only
+    python scripts/train_bundled.py --work runs/bundled --threads 2
+    python scripts/train_bundled.py --work runs/bundled --stage prepare  # data only
 
 1. ``--train-prompts`` + ``--heldout-prompts`` retrieval prompts over the bundled books
    (:func:`judgeq_cache.training.facts.fact_prompts`: facts unlike the evaluation needles, asked
@@ -35,7 +35,7 @@ from judgeq_cache.training.continuations import continuation_prompts
 from judgeq_cache.training.facts import fact_prompts
 from judgeq_cache.training.prepared import prepare_to_disk
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "judgeq_cache" / "pretrained" / "smollm2-135m-instruct"
 log = logging.getLogger("train_bundled")
 FILES = ("adapter_config.json", "adapter_model.safetensors", "loss_curve.png", "history.jsonl", "report.json")
 

@@ -132,9 +132,9 @@ class JudgeQAdapter(AdapterIOMixin, nn.Module):
         for name in shipped_adapter_names():
             adapter = cls.from_pretrained(shipped_adapter_path(name))
             signature = adapter.config.model_signature
-            if signature and adapter.hidden_size == model.get_input_embeddings().weight.shape[1]:
-                if not signature_differences(signature, model):
-                    return adapter
+            width = model.get_input_embeddings().weight.shape[1]
+            if signature and adapter.hidden_size == width and not signature_differences(signature, model):
+                return adapter
         name = getattr(text_config(model), "_name_or_path", "") or type(model).__name__
         raise LookupError(
             f"no Judge Q adapter ships for {name!r} (shipped: {', '.join(shipped_adapter_names())}); train one "

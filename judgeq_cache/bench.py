@@ -161,11 +161,15 @@ def _load(adapter_path: str, allow_untrained: bool = False):
     model, tokenizer = load_model("embedded")
     adapter, label = load_adapter(model, adapter_path, allow_untrained=allow_untrained)
     if not adapter.is_trained:
-        logger.warning("timing an untrained adapter (%s), as asked: it costs the same as a trained one", label)
+        logger.warning(
+            "timing an untrained adapter (%s), as asked: it costs the same as a trained one", label
+        )
     return model, tokenizer, adapter
 
 
-def _rss_probe(kind: str, length: int, kept: float, steps: int, adapter_path: str, allow_untrained: bool) -> None:
+def _rss_probe(
+    kind: str, length: int, kept: float, steps: int, adapter_path: str, allow_untrained: bool
+) -> None:
     """Child process: prefill + decode with one cache kind; print peak RSS (MiB) as JSON."""
     model, tokenizer, adapter = _load(adapter_path, allow_untrained)
     ids = corpus_prompt(tokenizer, length)
@@ -229,7 +233,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per kind (median)")
     parser.add_argument("--decode-steps", type=positive_int, default=32, help="decode steps timed per run")
     parser.add_argument(
-        "--adapter", default=DEFAULT_ADAPTER, help="adapter dir, shipped name or Hub id (default: %(default)s)"
+        "--adapter",
+        default=DEFAULT_ADAPTER,
+        help="adapter dir, shipped name or Hub id (default: %(default)s)",
     )
     parser.add_argument(
         "--allow-untrained",
@@ -244,7 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     lengths = args.lengths
     if args.rss_probe:
-        _rss_probe(args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter, args.allow_untrained)
+        _rss_probe(
+            args.rss_probe, lengths[0], args.kept, args.decode_steps, args.adapter, args.allow_untrained
+        )
         return 0
     model, tokenizer, adapter = _load(args.adapter, args.allow_untrained)
     rows = []
@@ -254,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
             model, corpus_prompt(tokenizer, length), adapter, args.kept, args.repeats, args.decode_steps
         )
         if args.rss:
-            row.peak_rss_full_mib = peak_rss_mib("full", length, args.kept, args.decode_steps, args.adapter, args.allow_untrained)
+            row.peak_rss_full_mib = peak_rss_mib(
+                "full", length, args.kept, args.decode_steps, args.adapter, args.allow_untrained
+            )
             row.peak_rss_kept_mib = peak_rss_mib(
                 "judgeq", length, args.kept, args.decode_steps, args.adapter, args.allow_untrained
             )

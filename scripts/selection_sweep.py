@@ -20,13 +20,13 @@ import logging
 from pathlib import Path
 
 import torch
-from judgeq_cache.kernels import select_indices
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.eval.layouts import SETTINGS, build_prompt
 from judgeq_cache.eval.needles import needle_positions
 from judgeq_cache.eval.tasks import make_samples
 from judgeq_cache.hitrate import needle_recall
+from judgeq_cache.kernels import select_indices
 from judgeq_cache.models import load_embedded_model
 from judgeq_cache.scorers import make_scorer
 from judgeq_cache.training.facts import TokenPrompt

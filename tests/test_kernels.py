@@ -14,15 +14,11 @@ if not os.environ.get("TRITON_INTERPRET"):
 
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-
 
 K = importlib.import_module("judgeq_cache.kernels")
 reference = K.reference

@@ -187,7 +187,9 @@ def _run(args) -> int:
     methods = args.methods
     needs_adapter = any(scorer_of(m) == "judgeq" for m in methods)  # judgeq-shared, judgeq-perhead too
     adapter, label = (
-        load_adapter(model, args.adapter, allow_untrained=args.allow_untrained) if needs_adapter else (None, "")
+        load_adapter(model, args.adapter, allow_untrained=args.allow_untrained)
+        if needs_adapter
+        else (None, "")
     )
     n = 0
     for _ in evaluate(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+
 from ..adapter import JudgeQAdapter
 from ..errors import UntrainedAdapterError
 
@@ -28,7 +29,9 @@ UNTRAINED_FIX = (
 )
 
 
-def load_adapter(model, path: str | None = None, *, allow_untrained: bool = False) -> tuple[JudgeQAdapter, str]:
+def load_adapter(
+    model, path: str | None = None, *, allow_untrained: bool = False
+) -> tuple[JudgeQAdapter, str]:
     """``(adapter, label)`` for the figures of ``judgeq eval``, ``demo`` and ``bench``.
 
     ``path`` is a directory, a shipped name or a Hub id; without it, the adapter that ships for
@@ -51,7 +54,9 @@ def load_adapter(model, path: str | None = None, *, allow_untrained: bool = Fals
     except LookupError as err:
         if not allow_untrained:
             raise UntrainedAdapterError(f"{err}; or {UNTRAINED_FIX}") from err
-        logger.warning("no trained Judge Q adapter for this model: using an UNTRAINED one (--allow-untrained)")
+        logger.warning(
+            "no trained Judge Q adapter for this model: using an UNTRAINED one (--allow-untrained)"
+        )
         return JudgeQAdapter.init_for(model), "untrained adapter"
     return adapter, f"bundled {adapter.config.base_model.split('/')[-1].lower()}"
 

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,6 +71,7 @@ def test_shipped_adapter_is_package_data_and_loads_by_name():
     assert "smollm2-135m-instruct" in shipped_adapter_names()
     path = shipped_adapter_path("smollm2-135m-instruct")
     assert path is not None and path.is_relative_to(ROOT / "judgeq_cache")
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped = patterns["judgeq_cache.pretrained"]
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
@@ -124,9 +124,22 @@ def test_eval_without_an_adapter_for_the_model_is_an_argparse_error_before_loadi
     import judgeq_cache.models as models
     from judgeq_cache.cli import main
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setattr(
+        models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check")
+    )
     with pytest.raises(SystemExit) as exit_:
-        main(["eval", "run", "--model", "some-org/some-model", "--tasks", "needle_single", "--output", "x.jsonl"])
+        main(
+            [
+                "eval",
+                "run",
+                "--model",
+                "some-org/some-model",
+                "--tasks",
+                "needle_single",
+                "--output",
+                "x.jsonl",
+            ]
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--allow-untrained" in err and "judgeq train" in err
@@ -154,7 +167,12 @@ def test_readme_first_python_block_runs_verbatim_outside_the_repo(tmp_path):
     script = tmp_path / "quickstart.py"
     script.write_text(readme_first_python_block())
     out = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=900
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     answer, kept = out.stdout.strip().splitlines()[-2:]

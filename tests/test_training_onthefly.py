@@ -120,7 +120,9 @@ def test_auto_targets_rule(tokenizer):
     assert resolve_targets(model, small_config(gpu_memory_gb=just * 0.999), lengths) == "on-the-fly"
     # without keep_prefill only the targets are stored
     small = (weights + 2 * sum(24 * n for n in lengths)) / 1e9
-    assert resolve_targets(model, small_config(gpu_memory_gb=small, keep_prefill=False), lengths) == "prepared"
+    assert (
+        resolve_targets(model, small_config(gpu_memory_gb=small, keep_prefill=False), lengths) == "prepared"
+    )
     assert resolve_targets(model, small_config(targets="prepared", gpu_memory_gb=1e-9), lengths) == "prepared"
 
 
@@ -177,6 +179,17 @@ def test_plan_numbers_by_hand(tmp_path):
     assert plan.step_flops == 560000 + 60800 + 3 * 36288
     assert plan.step_seconds == pytest.approx(0.729664)
     assert plan.targets == "prepared"
+    # On a CPU the prefill's attention is SDPA's math path: fp32 logits and probabilities, 2 q heads, 100 x 100
+    cpu = make_plan(
+        shape,
+        dtype="bfloat16",
+        prompt_tokens=100,
+        response_tokens=5,
+        soft_tokens=3,
+        batch_size=1,
+        device="cpu",
+    )
+    assert cpu.activation_bytes == 1344 + 7200 + 16000 + 2 * 2 * 100 * 100 * 4
 
 
 def test_plan_for_llama_8b_at_4k():
@@ -190,7 +203,9 @@ def test_plan_for_llama_8b_at_4k():
 
 
 def test_sliding_layers_are_capped(tmp_path):
-    shape = ModelShape.from_dict(dict(TINY, sliding_window=10, layer_types=["sliding_attention", "full_attention"]), "t", "d")
+    shape = ModelShape.from_dict(
+        dict(TINY, sliding_window=10, layer_types=["sliding_attention", "full_attention"]), "t", "d"
+    )
     assert shape.full_layers == 1 and shape.kv_entries(100) == 100 + 10
 
 
@@ -199,7 +214,10 @@ def test_cli_dry_run_prints_the_plan_and_checks_flags(tmp_path, capsys):
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY))
-    assert main(["train", "--dry-run", "--model", "tiny", "--config-json", str(path), "--dtype", "bfloat16"]) == 0
+    assert (
+        main(["train", "--dry-run", "--model", "tiny", "--config-json", str(path), "--dtype", "bfloat16"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "weights (0.00e9 parameters, bfloat16)" in text and "--config-json" in text
     cases = [

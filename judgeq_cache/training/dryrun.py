@@ -48,6 +48,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         help=f"prompts the plan counts (default: --corpus-prompts + --limit per --data, else {DEFAULT_PLAN_PROMPTS})",
     )
     g.add_argument(
+        "--plan-device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="gpu: fused attention kernels; cpu: SDPA's math path, which keeps an N x N attention per layer",
+    )
+    g.add_argument(
         "--assume-tflops",
         type=positive_float,
         default=DEFAULT_TFLOPS,
@@ -98,6 +104,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         keep_prefill=args.keep_prefill,
         memory_gb=args.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB,
         tflops=args.assume_tflops,
+        device=args.plan_device,
     )
 
 

@@ -37,6 +37,7 @@ class Plan:
     keep_prefill: bool
     memory_gb: float
     tflops: float
+    device: str  # "gpu": fused attention kernels; "cpu": SDPA's math path (an n x n matrix per layer)
     params: int
     weights_bytes: int
     kv_bytes_per_prompt: int
@@ -78,7 +79,9 @@ def choose_targets(store_bytes: float, weights_bytes: float, memory_bytes: float
     return "prepared" if store_bytes <= PREPARED_SHARE * (memory_bytes - weights_bytes) else "on-the-fly"
 
 
-def activation_bytes(shape: ModelShape, n: int, r: int, s: int, batch: int, dtype_bytes: int) -> int:
+def activation_bytes(
+    shape: ModelShape, n: int, r: int, s: int, batch: int, dtype_bytes: int, fused: bool = True
+) -> int:
     """Activations of one on-the-fly step, an estimate.
 
     * saved for the backward of the soft pass (``s`` tokens, every layer): hidden states, q/k/v/o and
@@ -86,13 +89,17 @@ def activation_bytes(shape: ModelShape, n: int, r: int, s: int, batch: int, dtyp
       dtype, plus the soft tokens' attention over the ``n`` prompt keys twice (the model's own softmax
       and the fp32 copy the scorer averages);
     * plus the larger transient of the no-grad passes, one layer at a time: the prefill's ``4 h + 3 I``
-      values per prompt token (SDPA: no ``n x n`` matrix) or the response pass's fp32 attention
-      (logits and probabilities, ``r x n`` per query head).
+      values per prompt token, or the response pass's fp32 attention (logits and probabilities,
+      ``r x n`` per query head). ``fused`` (a GPU's SDPA kernels): the prefill's attention keeps no
+      ``n x n`` matrix; otherwise (SDPA's math path on a CPU) it adds the fp32 logits and
+      probabilities, ``2 x q_heads x n x n`` per prompt, one layer at a time.
     """
     h, i = shape.hidden, shape.intermediate
     saved = shape.num_layers * batch * s * (8 * h + 3 * i) * dtype_bytes
     saved += shape.full_layers * batch * shape.q_heads * s * n * (dtype_bytes + 4)
     prefill = batch * n * (4 * h + 3 * i) * dtype_bytes
+    if not fused:
+        prefill += 2 * batch * shape.q_heads * n * n * 4
     response = 2 * batch * shape.q_heads * r * n * 4
     return saved + max(prefill, response)
 
@@ -129,6 +136,7 @@ def make_plan(
     keep_prefill: bool = True,
     memory_gb: float = 80.0,
     tflops: float = 400.0,
+    device: str = "gpu",
 ) -> Plan:
     """The plan of a run (``prompts`` prompts of ``prompt_tokens`` tokens each: the worst case)."""
     b = DTYPE_BYTES[dtype]
@@ -138,7 +146,7 @@ def make_plan(
     target = shape.target_bytes(n)
     disk = prompts * (shape.kv_bytes(n, 2) + 3 * target + 8 * n)
     store = prompts * (target + (kv if keep_prefill else 0))
-    acts = activation_bytes(shape, n, r, s, bsz, b)
+    acts = activation_bytes(shape, n, r, s, bsz, b, fused=device == "gpu")
     optimizer = 4 * soft_tokens * shape.hidden * 4  # fp32 rows, gradient and AdamW's two moments
     # on the fly: one micro-batch's prompt KV, its target and prediction, activations
     onthefly_peak = weights + bsz * kv + 2 * bsz * target + acts + optimizer
@@ -162,6 +170,7 @@ def make_plan(
         keep_prefill=keep_prefill,
         memory_gb=memory_gb,
         tflops=tflops,
+        device=device,
         params=shape.params,
         weights_bytes=weights,
         kv_bytes_per_prompt=kv,
@@ -203,7 +212,7 @@ def format_plan(plan: Plan) -> str:
         ("attention target of one prompt (fp32)", _bytes(p.target_bytes_per_prompt)),
         ("prepared on disk, all prompts (fp16 KV + 3 fp32 maps)", _bytes(p.prepared_disk_bytes)),
         (f"prepared in memory, all prompts (keep_prefill={p.keep_prefill})", _bytes(p.prepared_memory_bytes)),
-        (f"activations of one step, batch {p.batch_size} (estimate)", _bytes(p.activation_bytes)),
+        (f"activations of one step, batch {p.batch_size} ({p.device}, estimate)", _bytes(p.activation_bytes)),
         (
             f"peak on the fly (weights + {p.batch_size} prompts' KV + targets + activations)",
             f"{_bytes(p.onthefly_peak_bytes)}: {fits[p.onthefly_fits]} in {m}",

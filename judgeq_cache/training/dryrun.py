@@ -33,7 +33,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the memory and time plan and exit, without loading weights or data",
+        help="print the memory and time plan and exit, without loading weights or data (every prompt "
+        f"at --max-prompt-tokens, default {DEFAULT_PLAN_TOKENS} here)",
     )
     g.add_argument(
         "--config-json",

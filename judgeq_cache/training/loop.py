@@ -95,7 +95,9 @@ def train(
     history.jsonl}`` and checkpoints under ``output_dir/checkpoint/`` (adapter + optimizer +
     trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
     (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
-    between runs (e.g. comparing initialisations). Returns the adapter and the final report.
+    between runs (e.g. comparing initialisations). ``config.targets`` picks prepared targets or
+    targets computed on the fly at every step (:mod:`~.onthefly`; ``"auto"`` decides by memory);
+    ``report["targets"]`` says which ran. Returns the adapter and the final report.
 
     Side effects: seeds torch's and Python's global RNGs with ``config.seed`` (reproducible
     initialisation and shuffling), and builds an ``accelerate.Accelerator`` when none is passed
@@ -124,6 +126,8 @@ def train(
 
     store = ResponseStore(responses_path if responses_path is not None else output_dir / "responses.jsonl")
     targets = "prepared"
+    if train_examples is not None and config.targets == "on-the-fly":
+        logger.warning("train(): prepared train_examples were passed in; they are used as they are")
     if train_examples is None:
         train_examples, targets = _prepare_shard(
             model, tokenizer, train_prompts, adapter, config, store, dist, progress

@@ -51,7 +51,7 @@ def test_on_the_fly_trains_the_rows_only_and_step0_loss_matches_an_independent_r
     out = tmp_path / "otf"
     trained, report = train(model, tokenizer, prompts, out, cfg, adapter=adapter, progress=False)
 
-    assert report["targets"] == "on-the-fly"
+    assert report["targets"] == "on-the-fly" and trained.config.training["targets"] == "on-the-fly"
     assert len(prefills) == 1 + cfg.max_steps  # one to answer, then one per step: no KV is kept
     losses = [h["loss"] for h in _history(out) if "loss" in h]
     assert losses[-1] < 0.9 * losses[0], losses

@@ -297,6 +297,7 @@ def _record_run(adapter: JudgeQAdapter, config: TrainConfig, report: dict[str, A
     """Store the run's settings and held-out metrics in the adapter's config."""
     adapter.config.training = {
         **config.to_dict(),
+        "targets": report.get("targets", config.targets),  # the route that ran ("auto" resolved)
         "train_prompts": report["train_prompts"],
         "world_size": world,
     }

@@ -242,8 +242,8 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"Training plan for {p.model}; no weights loaded",
         f"config: {p.source}",
-        f"run: {p.prompts} prompts x {p.prompt_tokens} tokens (every prompt at --max-prompt-tokens: the worst "
-        f"case), {p.response_tokens}-token responses, {p.soft_tokens} soft tokens, batch {p.batch_size} x "
+        f"run: {p.prompts} prompts (--plan-prompts) x {p.prompt_tokens} tokens (every prompt at "
+        f"--max-prompt-tokens: the worst case), {p.response_tokens}-token responses, {p.soft_tokens} soft tokens, batch {p.batch_size} x "
         f"{p.grad_accum} accumulation, {p.steps} steps, model in {p.dtype}",
         "memory:",
         *(f"  {label:<{width}}{value}" for label, value in memory),

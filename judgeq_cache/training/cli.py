@@ -16,6 +16,7 @@ from ..cliargs import (
 )
 from ..prompts import Prompt, corpus_prompts, load_prompts
 from .config import TrainConfig, TrainingError
+from .dryrun import add_plan_arguments, check_plan_args, run_dry_run
 from .loop import train
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def _load_model(name: str, dtype: str):
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return run_dry_run(args)
     config = dataclass_from_args(TrainConfig, args)
     model, tokenizer = _load_model(args.model, args.dtype)
     prompts: list[Prompt] = []
@@ -101,7 +104,7 @@ def register_cli(subparsers) -> None:
         "`judgeq train ...`, or data-parallel with `accelerate launch -m judgeq_cache.training ...`.",
     )
     add_arguments(p)
-    p.set_defaults(func=run_cli)
+    p.set_defaults(func=run_cli, check=check_plan_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,17 +127,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-tokens", type=positive_int, default=3000, help="bundled-text excerpt length, maximum"
     )
     p.add_argument("--heldout", type=_heldout, default=0.15, help="held-out fraction (<1) or count (>=1)")
-    p.add_argument("--output", "-o", required=True, help="output adapter directory")
+    p.add_argument(
+        "--output", "-o", default=None, help="output adapter directory (required unless --dry-run)"
+    )
     p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     # The hyper-parameters: one flag per TrainConfig field (older names kept as aliases).
     add_dataclass_arguments(p, TrainConfig, aliases={"max_steps": ["--steps"], "do_sample": ["--sample"]})
+    add_plan_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m judgeq_cache.training")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    problem = check_plan_args(args)
+    if problem:
+        parser.error(problem)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run_cli(args)
 

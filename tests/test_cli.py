@@ -190,6 +190,6 @@ def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys
 def test_every_judgeq_variant_gets_the_adapter(monkeypatch, method):
     """`eval run --methods judgeq-shared` alone still loads the adapter (it used to pass None)."""
     seen = _harness_spy(monkeypatch)
-    monkeypatch.setattr(loading, "load_adapter", lambda m, path=None: ("ADAPTER", "label"))
+    monkeypatch.setattr(loading, "load_adapter", lambda m, path=None, **kw: ("ADAPTER", "label"))
     assert main(["eval", "run", "--output", "o.jsonl", "--methods", method]) == 0
     assert seen["adapter"] == "ADAPTER"

@@ -48,10 +48,10 @@ SCRIPT = textwrap.dedent(
     ):
         tiles = dict(flags, BLOCK_M=64, BLOCK_N=64, D_PAD=128)
         scalars = dict(q_ptr=dtype, k_ptr=dtype, mask_ptr="*u8", qk_scale="fp32", softcap="fp32")
-        compile_(sk._row_stats_kernel, dict(scalars, max_ptr=f32, sum_ptr=f32), tiles)
-        compile_(sk._accumulate_kernel, dict(scalars, rmax_ptr=f32, weight_ptr=f32, out_ptr=f32), tiles)
+        compile_(sk.row_stats_kernel, dict(scalars, max_ptr=f32, sum_ptr=f32), tiles)
+        compile_(sk.accumulate_kernel, dict(scalars, rmax_ptr=f32, weight_ptr=f32, out_ptr=f32), tiles)
     compile_(
-        sk._combine_kernel,
+        sk.combine_kernel,
         dict(max_ptr=f32, sum_ptr=f32, mask_ptr="*u8", rmax_ptr=f32, weight_ptr=f32),
         dict(HAS_MASK=True, CAUSAL=True, BLOCK_M=64, S_PAD=4, M_PAD=32),
     )

@@ -178,4 +178,4 @@ def test_readme_first_python_block_runs_verbatim_outside_the_repo(tmp_path):
     answer, kept = out.stdout.strip().splitlines()[-2:]
     assert "4817" in answer
     prompt, per_head = re.findall(r"\d+", kept)
-    assert int(per_head) <= int(prompt) // 10 + 1
+    assert int(per_head) <= int(prompt) // 10 + 16  # the kept 10 % + the generated tokens

@@ -7,14 +7,14 @@ probabilities, returned per KV head as ``[B, Hkv, num_out]`` fp32) without ever 
 ``R = group * m`` rows that share one key head (row ``r`` is query ``r % m`` of head ``r // m`` of
 the group). Three launches:
 
-1. ``_row_stats_kernel``: grid ``(B * Hkv, row blocks, splits)``. Each program keeps a block of
+1. ``row_stats_kernel``: grid ``(B * Hkv, row blocks, splits)``. Each program keeps a block of
    query rows in registers, streams its share of the keys and keeps an online row max and row
    sum of ``exp`` (base 2, fp32). The key axis is split so that long contexts fill the GPU.
-2. ``_combine_kernel``: grid ``(B * Hkv, row blocks)``. Merges the split statistics into one
+2. ``combine_kernel``: grid ``(B * Hkv, row blocks)``. Merges the split statistics into one
    row max and one row weight ``valid_i / (sum_i * count * group)``; the query validity (a query
    whose own position ``causal_offset + i`` is padding is left out) and ``count`` are computed
    here from ``key_mask``, as in the reference.
-3. ``_accumulate_kernel``: grid ``(B * Hkv, key blocks of the first num_out keys)``. Each program
+3. ``accumulate_kernel``: grid ``(B * Hkv, key blocks of the first num_out keys)``. Each program
    owns one key block of one KV head, so no atomics are needed: it loads that key block once,
    recomputes the logits of all ``R`` rows, turns them into normalised, weighted probabilities
    and sums them over the rows straight into the output.
@@ -36,7 +36,7 @@ import os
 import torch
 import triton
 
-from .triton_scoring_kernels import _accumulate_kernel, _combine_kernel, _row_stats_kernel
+from .triton_scoring_kernels import accumulate_kernel, combine_kernel, row_stats_kernel
 
 __all__ = ["attention_scores"]
 
@@ -138,7 +138,7 @@ def attention_scores(
     logit_flags = dict(
         flags, HAS_SOFTCAP=has_softcap, DOT_FP32=dot_fp32, IEEE=ieee, BLOCK_N=block_n, D_PAD=d_pad
     )
-    _row_stats_kernel[(bh, row_blocks, splits)](
+    row_stats_kernel[(bh, row_blocks, splits)](
         query,
         key,
         mask,
@@ -155,7 +155,7 @@ def attention_scores(
     )
     row_max = torch.empty((bh, rows), dtype=torch.float32, device=query.device)
     weight = torch.empty_like(row_max)
-    _combine_kernel[(bh, triton.cdiv(rows, 64))](
+    combine_kernel[(bh, triton.cdiv(rows, 64))](
         part_max,
         part_sum,
         mask,
@@ -173,7 +173,7 @@ def attention_scores(
         S_PAD=max(2, triton.next_power_of_2(splits)),
         M_PAD=max(2, triton.next_power_of_2(m)),
     )
-    _accumulate_kernel[(bh, triton.cdiv(num_out, block_n))](
+    accumulate_kernel[(bh, triton.cdiv(num_out, block_n))](
         query, key, mask, row_max, weight, out, *layout, num_out, *logits, **logit_flags, BLOCK_M=block_m2
     )
     return out

@@ -1,7 +1,7 @@
 """The ``@triton.jit`` kernels of the fused soft-query scoring (launched by :mod:`.triton_scoring`).
 
-``_logits``, ``_allowed``, ``_query_tile`` and ``_key_tile`` are device helpers shared by the passes; ``_row_stats_kernel`` (pass 1),
-``_combine_kernel`` (pass 2) and ``_accumulate_kernel`` (pass 3) are described in
+``_logits``, ``_allowed``, ``_query_tile`` and ``_key_tile`` are device helpers shared by the passes; ``row_stats_kernel`` (pass 1),
+``combine_kernel`` (pass 2) and ``accumulate_kernel`` (pass 3) are described in
 :mod:`.triton_scoring`, which also chooses their block sizes and grids.
 """
 
@@ -94,7 +94,7 @@ def _key_tile(k_ptr, b, h, cols, dims, stride_kb, stride_kh, stride_kn, stride_k
 
 
 @triton.jit
-def _row_stats_kernel(
+def row_stats_kernel(
     q_ptr,
     k_ptr,
     mask_ptr,
@@ -166,7 +166,7 @@ def _row_stats_kernel(
 
 
 @triton.jit
-def _combine_kernel(
+def combine_kernel(
     max_ptr,
     sum_ptr,
     mask_ptr,
@@ -222,7 +222,7 @@ def _combine_kernel(
 
 
 @triton.jit
-def _accumulate_kernel(
+def accumulate_kernel(
     q_ptr,
     k_ptr,
     mask_ptr,

@@ -66,37 +66,8 @@ def heads_of(rank: int, heads: int) -> slice:
     return slice(rank * per, (rank + 1) * per)
 
 
-# ---------------------------------------------------------------- the arithmetic: all-reduced head means
-def _arithmetic_worker(rank: int, port: int, scores: torch.Tensor, out: str) -> None:
-    init_group(rank, port)
-    try:
-        local = scores[:, heads_of(rank, scores.shape[1])]
-        shards = HeadShards(dist.group.WORLD, scores.shape[1])
-        scorer = GivenScores(shared_heads=True, pooling_kernel=3, head_shards=shards)
-        lone = GivenScores(shared_heads=True, pooling_kernel=3)  # this rank's heads only
-        torch.save(
-            {
-                "reduced": scorer.select(select_inputs(local, 10)),
-                "local": lone.select(select_inputs(local, 10)),
-            },
-            f"{out}/rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def test_all_reduced_head_mean_keeps_the_one_process_set(tmp_path):
-    scores = torch.rand((2, 4, 50), generator=torch.Generator().manual_seed(0))
-    mp.spawn(_arithmetic_worker, args=(free_port(), scores, str(tmp_path)), nprocs=WORLD, join=True)
-    expected = GivenScores(shared_heads=True, pooling_kernel=3).select(select_inputs(scores, 10))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    for rank, got in enumerate(ranks):
-        assert torch.equal(got["reduced"], expected[:, heads_of(rank, 4)])
-    # Without the all-reduce, each rank would average its own heads and keep another set.
-    assert not torch.equal(ranks[0]["local"][:, :1], ranks[1]["local"][:, :1])
-
-
-# ---------------------------------------------------------------- transformers' tp_plan="auto" on gloo
+# ---------------------------------------------------------------- two ranks, spawned once for both tests
+SCORES = torch.rand((2, 4, 50), generator=torch.Generator().manual_seed(0))  # [B, KV heads, N]
 CASES = {
     "snapkv": lambda model: EvictionCache(model, BUDGET, "snapkv", window_size=8, recent_tokens=0),
     "snapkv-shared": lambda model: EvictionCache(
@@ -122,36 +93,72 @@ def run_cases(model) -> dict[str, dict]:
     return results
 
 
-def _tp_worker(rank: int, port: int, checkpoint: str, out: str) -> None:
+def arithmetic(rank: int) -> dict[str, torch.Tensor]:
+    """This rank's shared-heads selection over its half of :data:`SCORES`: all-reduced, and alone."""
+    local = SCORES[:, heads_of(rank, SCORES.shape[1])]
+    shards = HeadShards(dist.group.WORLD, SCORES.shape[1])
+    reduced = GivenScores(shared_heads=True, pooling_kernel=3, head_shards=shards)
+    alone = GivenScores(shared_heads=True, pooling_kernel=3)
+    return {
+        "reduced": reduced.select(select_inputs(local, 10)),
+        "alone": alone.select(select_inputs(local, 10)),
+    }
+
+
+def _worker(rank: int, port: int, checkpoint: str, out: str) -> None:
     init_group(rank, port)
     try:
+        result = {"arithmetic": arithmetic(rank)}
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 checkpoint, tp_plan="auto", attn_implementation="eager"
             ).eval()
-        except Exception:  # transformers cannot shard this model here: the parent skips, with the error
-            torch.save({"load_error": traceback.format_exc(limit=3)}, f"{out}/rank{rank}.pt")
-            return
-        torch.save({"tp_size": model.tp_size, **run_cases(model)}, f"{out}/rank{rank}.pt")
+        except Exception:  # transformers cannot shard this model here: the test skips, with the error
+            result["load_error"] = traceback.format_exc(limit=3)
+        else:
+            result.update(tp_size=model.tp_size, cases=run_cases(model))
+        torch.save(result, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_tp_plan_eviction_equals_one_process(tmp_path):
-    model = make_model("llama")  # 4 query heads, 2 KV heads: one KV head per rank
-    model.save_pretrained(tmp_path / "tiny")
-    mp.spawn(_tp_worker, args=(free_port(), str(tmp_path / "tiny"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def tiny():
+    return make_model("llama")  # 4 query heads, 2 KV heads: one KV head per rank
+
+
+@pytest.fixture(scope="module")
+def ranks(tiny, tmp_path_factory) -> list[dict]:
+    """What each of two gloo ranks computed (spawned once: starting a process costs seconds)."""
+    path = tmp_path_factory.mktemp("tp")
+    tiny.save_pretrained(path / "tiny")
+    mp.spawn(_worker, args=(free_port(), str(path / "tiny"), str(path)), nprocs=WORLD, join=True)
+    return [torch.load(path / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.slow  # two spawned processes
+def test_all_reduced_head_mean_keeps_the_one_process_set(ranks):
+    expected = GivenScores(shared_heads=True, pooling_kernel=3).select(select_inputs(SCORES, 10))
+    for rank, got in enumerate(ranks):
+        assert torch.equal(got["arithmetic"]["reduced"], expected[:, heads_of(rank, 4)])
+    # Without the all-reduce, each rank would average its own heads and keep another set.
+    alone = [got["arithmetic"]["alone"][:, :1] for got in ranks]
+    assert not torch.equal(alone[0], alone[1])
+
+
+@pytest.mark.slow
+def test_tp_plan_eviction_equals_one_process(ranks, tiny):
     if "load_error" in ranks[0]:
         pytest.skip(f"transformers cannot load a tp_plan model on CPU/gloo: {ranks[0]['load_error']}")
-    expected = run_cases(model)
+    expected = run_cases(tiny)
     for rank, got in enumerate(ranks):
         assert got["tp_size"] == WORLD
         for name, reference in expected.items():
-            assert torch.equal(got[name]["output"], reference["output"]), name
-            assert got[name]["kept"].keys() == reference["kept"].keys() == {0, 1, 2}
+            cases = got["cases"][name]
+            assert torch.equal(cases["output"], reference["output"]), name
+            assert cases["kept"].keys() == reference["kept"].keys() == {0, 1, 2}
             for layer, kept in reference["kept"].items():
-                assert torch.equal(got[name]["kept"][layer], kept[:, heads_of(rank, 2)]), (name, layer)
+                assert torch.equal(cases["kept"][layer], kept[:, heads_of(rank, 2)]), (name, layer)
 
 
 # ---------------------------------------------------------------- the refusal

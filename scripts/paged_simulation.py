@@ -156,7 +156,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     full = [r["score"] for r in rows if r["method"] == "full"]
     out.append({"method": "full", "budget": 1.0, "accuracy": statistics.fmean(full), "prompts": len(full)})
-    keys = sorted({(r["method"], r["budget"]) for r in rows if r["method"] != "full"}, key=lambda k: -k[1])
+    order = {m: i for i, m in enumerate(SIMULATED)}
+    keys = sorted(
+        {(r["method"], r["budget"]) for r in rows if r["method"] != "full"},
+        key=lambda k: (-k[1], order[k[0]]),
+    )
     for method, budget in keys:
         group = [r for r in rows if r["method"] == method and r.get("budget") == budget]
         mean = {k: statistics.fmean(r[k] for r in group) for k in group[0] if isinstance(group[0][k], float)}

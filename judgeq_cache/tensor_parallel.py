@@ -49,8 +49,8 @@ def bind(scorer: Scorer, model: nn.Module) -> Scorer:
     if shards is None:
         if scorer.shared_heads and (getattr(model, "tp_size", None) or 1) > 1:
             raise ValueError(
-                f"{type(model).__name__} is tensor parallel (tp_size={model.tp_size}) but its attention "
-                "weights carry no device mesh, so the ranks cannot agree on shared-heads selection; pass "
+                f"{type(model).__name__} is tensor parallel (tp_size={model.tp_size}) but neither its attention "
+                "weights nor the model carry a device mesh, so the ranks cannot agree on shared-heads selection; pass "
                 "shared_heads=False (per-head selection is local to each rank)"
             )
         return scorer
@@ -73,8 +73,9 @@ def mean_over_heads(scores: torch.Tensor, shards: HeadShards | None) -> torch.Te
 
 
 def _attention_group(model: nn.Module) -> Any:
-    """The process group of the device mesh of the attention weights' DTensors (its ``"tp"`` dimension
-    on a multi-dimensional mesh); None when they are plain tensors."""
+    """The tensor-parallel process group: from the device mesh of the attention weights' DTensors
+    (transformers 5.25 shards them into DTensors), else from the mesh transformers keeps on the model
+    (read only; 5.2 shards into plain tensors); None when neither is there."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:
@@ -82,9 +83,15 @@ def _attention_group(model: nn.Module) -> Any:
     for module in attention_modules(model):
         for param in module.parameters():
             if isinstance(param, DTensor):
-                mesh = param.device_mesh
-                if mesh.ndim == 1:
-                    return mesh.get_group()
-                if "tp" in (mesh.mesh_dim_names or ()):
-                    return mesh.get_group("tp")
+                return _mesh_group(param.device_mesh)
+    mesh = getattr(model, "_device_mesh", None)
+    return None if mesh is None else _mesh_group(mesh)
+
+
+def _mesh_group(mesh: Any) -> Any:
+    """The process group of a 1-D mesh, or of the ``"tp"`` dimension of a larger one (None otherwise)."""
+    if mesh.ndim == 1:
+        return mesh.get_group()
+    if "tp" in (mesh.mesh_dim_names or ()):
+        return mesh.get_group("tp")
     return None

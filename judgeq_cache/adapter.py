@@ -20,6 +20,7 @@ from .adapter_card import model_card
 from .adapter_config import ADAPTER_TYPE, FORMAT_VERSION, JudgeQAdapterConfig
 from .adapter_io import CONFIG_NAME, TENSOR_KEY, WEIGHTS_NAME, AdapterIOMixin
 from .adapter_signature import model_signature, signature_differences
+from .devices import input_device, readable_weight
 from .utils import text_config
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ class JudgeQAdapter(AdapterIOMixin, nn.Module):
         with torch.no_grad():
             if init == "vocab":
                 ids = torch.randint(0, weight.shape[0], (num_soft_tokens,), generator=generator)
-                rows = embed(ids.to(weight.device)).float().cpu()
+                rows = embed(ids.to(input_device(model))).float().cpu()
             elif init == "mean":
-                mean = embed(torch.arange(weight.shape[0], device=weight.device)).float().mean(0).cpu()
-                std = weight.float().std().item()
+                mean = embed(torch.arange(weight.shape[0], device=input_device(model))).float().mean(0).cpu()
+                with readable_weight(embed) as real:
+                    std = real.float().std().item()
                 noise = torch.randn((num_soft_tokens, weight.shape[1]), generator=generator) * 0.1 * std
                 rows = mean[None] + noise
             else:

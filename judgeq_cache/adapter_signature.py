@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .devices import readable_weight
 from .utils import text_config
 
 #: Config entries compared by :func:`signature_differences` (besides the embedding norms).
@@ -31,10 +32,10 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
     that survives dtype casts and conversions of the same checkpoint)."""
     config = text_config(model)
     signature: dict[str, Any] = {k: getattr(config, k, None) for k in _SIGNATURE_SIZES}
-    weight = model.get_input_embeddings().weight
-    vocab = weight.shape[0]
+    embed = model.get_input_embeddings()
+    vocab = embed.weight.shape[0]
     rows = sorted({round(i * (vocab - 1) / (_SIGNATURE_ROWS - 1)) for i in range(_SIGNATURE_ROWS)})
-    with torch.no_grad():
+    with torch.no_grad(), readable_weight(embed) as weight:
         norms = weight[torch.tensor(rows, device=weight.device)].float().norm(dim=-1).cpu().tolist()
     signature["embedding_rows"] = rows
     signature["embedding_norms"] = [float(f"{n:.6g}") for n in norms]

@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks, triggers, utils
+from . import hooks, tensor_parallel, triggers, utils
 from .adapter import JudgeQAdapter
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
@@ -108,7 +108,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
                 "load it with AutoModelForCausalLM.from_pretrained(...)"
             )
         self.budget = Budget.parse(budget)
-        self.scorer = make_scorer(scorer, **scorer_options)
+        self.scorer = tensor_parallel.bind(make_scorer(scorer, **scorer_options), model)
         if not attention_modules(model):
             raise TypeError(
                 f"{type(model).__name__} has no attention modules following transformers' standard attention "

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .cache import EvictionCache
+from .devices import input_device
 from .scorers import Scorer, make_scorer
 
 
@@ -44,7 +45,7 @@ class SharedPrefill:
         window_size: int | Sequence[int] = 32,
         all_queries: bool = True,
     ) -> None:
-        device = model.get_input_embeddings().weight.device
+        device = input_device(model)
         input_ids = input_ids.to(device)
         attention_mask = None if attention_mask is None else attention_mask.to(device)
         self.model = model

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..devices import input_device
 from .base import LayerInputs, QuerySource, Scorer
 
 
@@ -83,4 +84,4 @@ class OracleScorer(AttentionScorer):
                 "OracleScorer needs future_ids: the token ids whose attention defines importance"
             )
         ids = self.future_ids if self.future_ids.ndim == 2 else self.future_ids[None]
-        return {"input_ids": ids.expand(batch_size, -1).to(model.device)}
+        return {"input_ids": ids.expand(batch_size, -1).to(input_device(model))}

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import kernels
 from ..budget import Budget
+from ..tensor_parallel import HeadShards, mean_over_heads
 
 #: Where a scorer's queries come from.
 #: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);
@@ -82,6 +83,9 @@ class Scorer(ABC):
     shared_heads : bool
         Keep the same positions in every KV head of a layer (scores averaged over the heads before the
         top-k, as TOVA does) instead of a separate top-k per head.
+    head_shards : HeadShards or None
+        Set by the cache on a tensor-parallel model (:mod:`~judgeq_cache.tensor_parallel`): the heads
+        are averaged over every rank, so all ranks keep the same positions.
     """
 
     pooling_kernel: int = 1
@@ -90,6 +94,7 @@ class Scorer(ABC):
     recent_tokens: int | float = 0
     decode_recent_tokens: int | float | None = None
     shared_heads: bool = False
+    head_shards: HeadShards | None = dataclasses.field(default=None, repr=False, compare=False)
 
     name: ClassVar[str] = ""
     query_source: ClassVar[QuerySource] = "none"
@@ -122,7 +127,7 @@ class Scorer(ABC):
         by the cache and by the training/held-out code alike."""
         scores = self.score(inputs)
         if self.shared_heads:
-            scores = scores.mean(dim=1, keepdim=True).expand_as(scores)
+            scores = mean_over_heads(scores, self.head_shards)
         sinks, recent = self.protected_counts(inputs.budget)
         recent = min(recent, max(0, inputs.budget - sinks))  # the newest ones when they cannot all fit
         return kernels.select_indices(

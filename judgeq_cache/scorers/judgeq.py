@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..adapter import JudgeQAdapter
+from ..devices import input_device
 from .attention import AttentionScorer
 from .base import LayerInputs, QuerySource
 
@@ -75,5 +76,5 @@ class JudgeQScorer(AttentionScorer):
         return self.adapter.num_soft_tokens
 
     def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
-        embed = model.get_input_embeddings().weight
-        return {"inputs_embeds": self.adapter.embeds_for(batch_size, embed.dtype, embed.device)}
+        dtype = model.get_input_embeddings().weight.dtype
+        return {"inputs_embeds": self.adapter.embeds_for(batch_size, dtype, input_device(model))}

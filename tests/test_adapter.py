@@ -231,15 +231,12 @@ def test_init_choices(model):
 
 @pytest.mark.real_model
 def test_bundled_adapter_loads_for_embedded_model():
-    from pathlib import Path
-
     from judgeq_cache.models import is_embedded_model_available, load_embedded_model
 
-    path = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m-instruct"
-    if not (path / WEIGHTS_NAME).is_file() or not is_embedded_model_available():
-        pytest.skip("bundled adapter or embedded model not available")
+    if not is_embedded_model_available():
+        pytest.skip("embedded model not available")
     model, _ = load_embedded_model()
-    adapter = JudgeQAdapter.from_pretrained(path, model=model)
+    adapter = JudgeQAdapter.from_pretrained("smollm2-135m-instruct", model=model)
     assert adapter.rows.shape == (32, 576)
     assert adapter.config.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
 

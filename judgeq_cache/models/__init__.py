@@ -40,7 +40,20 @@ _EXPORTS = {
     "load_model": ".loader",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "EMBEDDED_MODELS",
+    "EMBEDDED_MODEL_ID",
+    "EmbeddedModel",
+    "GEMMA3_270M_MODEL_ID",
+    "default_cache_root",
+    "embedded_gguf_path",
+    "embedded_model",
+    "is_embedded_model_available",
+    "is_gemma3_270m_available",
+    "load_embedded_model",
+    "load_gemma3_270m",
+    "load_model",
+]
 
 if TYPE_CHECKING:
     from .gguf_cache import default_cache_root

@@ -162,7 +162,7 @@ def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, t
     model, tok = tiny_model(), tiny_tokenizer()
     monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
     monkeypatch.setattr(
-        loading, "load_adapter", lambda m, path=None: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
+        loading, "load_adapter", lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
     )
     monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
     import judgeq_cache.eval.plots as plots
@@ -188,6 +188,6 @@ def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys
 def test_every_judgeq_variant_gets_the_adapter(monkeypatch, method):
     """`eval run --methods judgeq-shared` alone still loads the adapter (it used to pass None)."""
     seen = _harness_spy(monkeypatch)
-    monkeypatch.setattr(loading, "load_adapter", lambda m, path=None: ("ADAPTER", "label"))
+    monkeypatch.setattr(loading, "load_adapter", lambda m, path=None, **kw: ("ADAPTER", "label"))
     assert main(["eval", "run", "--output", "o.jsonl", "--methods", method]) == 0
     assert seen["adapter"] == "ADAPTER"

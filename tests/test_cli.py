@@ -162,7 +162,9 @@ def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, t
     model, tok = tiny_model(), tiny_tokenizer()
     monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
     monkeypatch.setattr(
-        loading, "load_adapter", lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
+        loading,
+        "load_adapter",
+        lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter"),
     )
     monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
     import judgeq_cache.eval.plots as plots

@@ -37,15 +37,30 @@ def _bad_cases(tmp) -> list[tuple[list[str], str]]:
         (["train", "-o", out], "no prompts: pass --data"),
         (["train", "-o", out, "--data", "/nonexistent.json"], "'/nonexistent.json' does not exist"),
         (["train", "-o", out, "--data", a_dir + "/x.jsonl"], "does not exist"),
-        (["train", "-o", out, *corpus, "--min-tokens", "100", "--max-tokens", "10"], "--min-tokens 100 exceeds"),
+        (
+            ["train", "-o", out, *corpus, "--min-tokens", "100", "--max-tokens", "10"],
+            "--min-tokens 100 exceeds",
+        ),
         (["train", "-o", out, *corpus, "--weight-decay", "-1"], "argument --weight-decay: must be a finite"),
         (["train", "-o", out, *corpus, "--weight-decay", "nan"], "argument --weight-decay: must be a finite"),
-        (["train", "-o", out, *corpus, "--warmup-ratio", "5"], "argument --warmup-ratio: must be a number in [0, 1]"),
+        (
+            ["train", "-o", out, *corpus, "--warmup-ratio", "5"],
+            "argument --warmup-ratio: must be a number in [0, 1]",
+        ),
         (["train", "-o", out, *corpus, "--warmup-ratio", "-0.1"], "argument --warmup-ratio"),
         (["train", "-o", a_file, *corpus], "--output"),
         (["train", "-o", out, *corpus, "--responses", a_dir], "--responses"),
         (
-            ["eval", "run", "--tasks", "longbench:narrativeqa", "--data-dir", "/nonexistent", "--output", out],
+            [
+                "eval",
+                "run",
+                "--tasks",
+                "longbench:narrativeqa",
+                "--data-dir",
+                "/nonexistent",
+                "--output",
+                out,
+            ],
             "--data-dir '/nonexistent' is not a directory",
         ),
         (
@@ -142,7 +157,17 @@ def test_good_arguments_pass_the_checks(tmp_path):
     runs = tmp_path / "runs"
     good = [
         ["train", "-o", str(tmp_path / "new" / "adapter"), "--data", str(data), "--warmup-ratio", "1"],
-        ["train", "-o", str(tmp_path / "a"), "--corpus-prompts", "2", "--min-tokens", "10", "--max-tokens", "10"],
+        [
+            "train",
+            "-o",
+            str(tmp_path / "a"),
+            "--corpus-prompts",
+            "2",
+            "--min-tokens",
+            "10",
+            "--max-tokens",
+            "10",
+        ],
         ["train", "-o", str(tmp_path / "a"), "--corpus-prompts", "2", "--weight-decay", "0"],
         ["eval", "run", "--tasks", "needle_single", "--output", str(runs / "o.jsonl")],
         ["demo", "--plot", str(tmp_path / "plots" / "demo.png")],

@@ -23,7 +23,9 @@ def test_demo_cli_prints_side_by_side_table_and_writes_plot(tmp_path, monkeypatc
     model, tok = tiny_model(), tiny_tokenizer()
     monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
     monkeypatch.setattr(
-        loading, "load_adapter", lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter")
+        loading,
+        "load_adapter",
+        lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter"),
     )
     plot = tmp_path / "demo.png"
     assert main(["demo", "--samples", "2", "--length", "150", "--plot", str(plot)]) == 0

@@ -176,3 +176,13 @@ def test_good_arguments_pass_the_checks(tmp_path):
     for argv in good:
         args = build_parser([argv[0]]).parse_args(argv)
         assert args.check(args) is None, argv
+
+
+def test_malformed_task_data_is_one_line_and_exit_2(tmp_path, monkeypatch, caplog):
+    """A data file that exists but cannot be parsed is found only when read: one line, exit 2."""
+    monkeypatch.setattr(models, "load_model", lambda name, **kwargs: (None, None))
+    (tmp_path / "narrativeqa.jsonl").write_text('{"input": "q", "context": \n')
+    argv = ["eval", "run", "--tasks", "longbench:narrativeqa", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--methods", "full", "--output", str(tmp_path / "o.jsonl")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "longbench:narrativeqa: cannot read its samples" in errors[0]

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from ..data import corpus_names
+from ..errors import UserError
 from ..eval.layouts import SETTINGS
 from ..eval.methods import METHODS, PRESS_METHODS, default_methods, default_presses, scorer_of
 from .args import (
@@ -160,15 +161,18 @@ def _prepare(args):
     model, tokenizer = load_model(args.model)
     samples = []
     for spec in args.tasks:
-        samples += load_samples(
-            spec,
-            args.samples,
-            args.length,
-            tokenizer,
-            seed=args.seed,
-            corpus=args.corpus,
-            data_dir=args.data_dir,
-        )
+        try:
+            samples += load_samples(
+                spec,
+                args.samples,
+                args.length,
+                tokenizer,
+                seed=args.seed,
+                corpus=args.corpus,
+                data_dir=args.data_dir,
+            )
+        except (OSError, ValueError, KeyError) as err:  # a malformed data file, or a Hub dataset missing
+            raise UserError(f"--tasks {spec}: cannot read its samples: {err!r}") from err
     return model, tokenizer, samples, args.budgets
 
 

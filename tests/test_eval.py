@@ -261,6 +261,30 @@ def test_kvpress_runner_matches_kvpress_hooks(tok, model, tmp_path):
     assert run(resume=True) == []
 
 
+def test_adakv_runs_as_a_dedicated_masking_press_and_leaves_no_mask(tok, model, tmp_path):
+    """AdaKV spends the layer's budget unevenly over heads (kvpress masks instead of dropping): its
+    reported kept fraction is the unmasked share, and no mask outlives the answer."""
+    pytest.importorskip("kvpress")
+    from judgeq_cache.eval.kvpress_runner import _attention_modules, evaluate_kvpress
+
+    samples = make_samples("needle_single", 1, 120, tok)
+    recs = list(
+        evaluate_kvpress(
+            model,
+            tok,
+            samples,
+            settings=["query-aware"],
+            presses=["kvpress-adakv-snapkv"],
+            budgets=[0.25],
+            output=tmp_path / "adakv.jsonl",
+            progress=False,
+        )
+    )
+    assert [r.method for r in recs] == ["kvpress-adakv-snapkv"]
+    assert recs[0].kept_fraction == pytest.approx(0.25, abs=0.02)
+    assert all(getattr(m, "masked_key_indices", None) is None for m in _attention_modules(model))
+
+
 # ---------------------------------------------------------------------------- report and plot
 def _fake_records():
     from judgeq_cache.eval.records import Record

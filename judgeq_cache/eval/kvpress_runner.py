@@ -48,9 +48,17 @@ PRESSES: dict[str, Callable[[float], Any]] = {
     "kvpress-knorm": lambda r: kvpress.KnormPress(compression_ratio=r),
     "kvpress-random": lambda r: kvpress.RandomPress(compression_ratio=r, seed=0),
     "kvpress-kvzip": lambda r: kvpress.KVzipPress(compression_ratio=r),
+    # AdaKV (NeurIPS 2025): one top-k over all heads of a layer, a floor per head (kvpress masks).
+    "kvpress-adakv-snapkv": lambda r: kvpress.AdaKVPress(kvpress.SnapKVPress(compression_ratio=r)),
+    "kvpress-adakv-expected_attention": lambda r: kvpress.AdaKVPress(
+        kvpress.ExpectedAttentionPress(compression_ratio=r)
+    ),
 }
-#: Presses that need their own prefill (custom ``__call__``).
-_DEDICATED = {"kvpress-kvzip"}
+#: Presses that need their own prefill: a custom ``__call__`` (KVzip), or masks that kvpress's attention
+#: patch applies while decoding under the press (AdaKV: its counts differ per head, so kvpress hides the
+#: evicted entries instead of dropping them; the reported KV bytes are those an implementation that drops
+#: them would hold).
+_DEDICATED = {"kvpress-kvzip", "kvpress-adakv-snapkv", "kvpress-adakv-expected_attention"}
 
 
 def _attention_modules(model) -> list[torch.nn.Module]:

@@ -64,6 +64,8 @@ PRESS_METHODS = (
     "kvpress-knorm",
     "kvpress-random",
     "kvpress-kvzip",
+    "kvpress-adakv-snapkv",
+    "kvpress-adakv-expected_attention",
 )
 #: Run only when asked: the oracle reads the answer it is scored on (an analysis tool, not a method).
 _OPT_IN_METHODS = ("oracle",)

@@ -16,7 +16,9 @@ Recipe (paper + our documented choices, see ``docs/training.md``):
    critical-KV hit rate of Judge Q vs SnapKV.
 
 With ``keep_prefill=True`` (default) each prompt is prefilled once and its KV kept in memory, so a
-training step is only the soft-token pass (32 tokens) and its backward. Multi-GPU: run this module
+training step is only the soft-token pass (32 tokens) and its backward. Where that store does not fit,
+``targets="on-the-fly"`` keeps only the responses and prefills each step's prompts again
+(:mod:`.onthefly`); ``judgeq train --dry-run`` prints the memory and time plan (:mod:`.plan`). Multi-GPU: run this module
 under ``accelerate launch``; prompts are sharded across processes and row gradients all-reduced.
 
 The names below load on first use, so ``judgeq train``'s parser (:mod:`.cli`) checks its arguments

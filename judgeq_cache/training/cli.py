@@ -25,6 +25,7 @@ from ..cli.args import (
 from ..errors import UserError
 from ..prompts import Prompt, corpus_prompts, load_prompts
 from .config import TrainConfig, TrainingError
+from .dryrun import add_plan_arguments, check_plan_args, run_dry_run
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def _data_prompts(args: argparse.Namespace) -> list[Prompt]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return run_dry_run(args)
     from .loop import train
 
     config = dataclass_from_args(TrainConfig, args)
@@ -131,6 +134,9 @@ def _data_problem(source: str) -> str | None:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """Every problem ``judgeq train`` can see before the model loads, as one message (None: none)."""
+    problem = check_plan_args(args)
+    if problem or args.dry_run:  # the plan reads no data and writes nothing
+        return problem
     if not args.data and not args.corpus_prompts:
         return "no prompts: pass --data FILE/DATASET and/or --corpus-prompts N"
     for source in args.data or []:
@@ -178,11 +184,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-tokens", type=positive_int, default=3000, help="bundled-text excerpt length, maximum"
     )
     p.add_argument("--heldout", type=_heldout, default=0.15, help="held-out fraction (<1) or count (>=1)")
-    p.add_argument("--output", "-o", required=True, help="output adapter directory")
+    p.add_argument(
+        "--output", "-o", default=None, help="output adapter directory (required unless --dry-run)"
+    )
     p.add_argument("--responses", default=None, help="response cache JSONL (default OUTPUT/responses.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     # The hyper-parameters: one flag per TrainConfig field (older names kept as aliases).
     add_dataclass_arguments(p, TrainConfig, aliases={"max_steps": ["--steps"], "do_sample": ["--sample"]})
+    add_plan_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,9 @@ class TrainingError(RuntimeError):
 #: target cut to its top 10 %); see :func:`judgeq_cache.training.objective.alignment_loss`.
 LOSSES = ("mse", "kl", "mse-shared", "kl-shared", "topk")
 
+#: Where the attention targets come from; see :mod:`judgeq_cache.training.onthefly`.
+TARGETS = ("auto", "prepared", "on-the-fly")
+
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
     """A field shown on ``judgeq train``'s command line (``cli``: argparse ``type`` / ``choices``)."""
@@ -59,6 +62,20 @@ class TrainConfig:
     save_every: int = _opt(50, "steps between checkpoints (0: end only)", type=non_negative_int)
     keep_prefill: bool = _opt(True, "keep each prompt's prefill in memory (--no-keep-prefill saves memory)")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm", type=positive_float)
+    targets: str = _opt(
+        "auto",
+        "attention targets: 'prepared' (each prompt prefilled once, its targets (and KV with "
+        "--keep-prefill) kept for the run), 'on-the-fly' (only the responses are kept; every step "
+        "prefills its prompts again) or 'auto' (prepared while that store takes <= 50%% of the memory "
+        "left after the weights)",
+        choices=TARGETS,
+    )
+    gpu_memory_gb: float | None = _opt(
+        None,
+        "memory of one device in GB, for --targets auto and --dry-run (default: the device's own; "
+        "--dry-run: 80)",
+        type=positive_float,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

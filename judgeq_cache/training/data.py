@@ -167,7 +167,7 @@ def _decode(
     return out
 
 
-def _response_targets(cache: JudgeQCache, responses: list[list[int]], device) -> dict[int, torch.Tensor]:
+def response_targets(cache: JudgeQCache, responses: list[list[int]], device) -> dict[int, torch.Tensor]:
     """``{layer: [B, Hkv, N]}`` mean attention of each row's own response (rows of equal response length
     share one dry pass; rows with an empty response get zeros)."""
     bsz = len(responses)
@@ -190,7 +190,62 @@ def _response_targets(cache: JudgeQCache, responses: list[list[int]], device) ->
     return target
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def encode_prompts(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], config: TrainConfig
+) -> list[tuple[str, list[int]]]:
+    """``(id, token ids)`` of every non-empty prompt in the chat template, middle-truncated, shortest first."""
+    max_len = config.max_prompt_tokens or _default_max_prompt(model, config)
+    encoded = [(p.id, encode_prompt(tokenizer, p, max_len)) for p in prompts]
+    encoded = [(pid, ids) for pid, ids in encoded if ids]
+    encoded.sort(key=lambda x: len(x[1]))
+    return encoded
+
+
+class Responder:
+    """The model's own responses to a batch of prompts: from ``store``, or decoded from their prefill
+    (and appended to ``store``)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, config: TrainConfig, store: ResponseStore):
+        self.model, self.config, self.store = model, config, store
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def cached(self, chunk: Sequence[tuple[str, list[int]]]) -> list[list[int] | None]:
+        return [self.store.get(pid, p) for pid, p in chunk]
+
+    def __call__(
+        self,
+        chunk: Sequence[tuple[str, list[int]]],
+        cache: JudgeQCache,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> list[list[int]]:
+        responses = self.cached(chunk)
+        if any(r is None for r in responses):
+            c = self.config
+            fresh = _decode(
+                self.model,
+                cache,
+                logits,
+                mask,
+                c.max_new_tokens,
+                self.eos_ids,
+                c.do_sample,
+                c.temperature,
+                self.generator,
+            )
+            for b, (pid, p) in enumerate(chunk):
+                if responses[b] is None:
+                    responses[b] = fresh[b]
+                    self.store.add(pid, p, fresh[b], sampled=c.do_sample)
+        return responses
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
@@ -211,11 +266,13 @@ def prepare_examples(
     window_size: int = 0,
     progress: bool = True,
     desc: str = "prefill + responses",
+    encoded: list[tuple[str, list[int]]] | None = None,
 ) -> list[Example]:
     """Encode, answer (or reuse cached answers), prefill and compute targets, in length-sorted batches.
 
     Prompts whose response is empty are skipped with a warning. ``window_size > 0`` also captures the
-    SnapKV window attention (for held-out evaluation).
+    SnapKV window attention (for held-out evaluation). ``encoded``: the prompts already encoded by
+    :func:`encode_prompts`.
     """
     from tqdm.auto import tqdm
 
@@ -223,51 +280,31 @@ def prepare_examples(
         raise TrainingError("no prompts: the dataset is empty")
     store = store if store is not None else ResponseStore(None)
     device = model.get_input_embeddings().weight.device
-    max_len = config.max_prompt_tokens or _default_max_prompt(model, config)
-    encoded = [(p.id, encode_prompt(tokenizer, p, max_len)) for p in prompts]
-    encoded = [(pid, ids) for pid, ids in encoded if ids]
-    encoded.sort(key=lambda x: len(x[1]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos_ids = eos_token_ids(model, tokenizer)
-    generator = torch.Generator().manual_seed(config.seed)
+    encoded = encoded if encoded is not None else encode_prompts(model, tokenizer, prompts, config)
+    pad_id = pad_token_id(tokenizer)
+    answer = Responder(model, tokenizer, config, store)
     examples: list[Example] = []
     skipped = 0
     bar = tqdm(total=len(encoded), desc=desc, disable=not progress)
     for start in range(0, len(encoded), config.batch_size):
         chunk = encoded[start : start + config.batch_size]
-        ids, mask = _pad_left([c[1] for c in chunk], pad_id)
+        ids, mask = pad_left([c[1] for c in chunk], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache, logits, window = prefill_prompt(model, adapter, ids, mask, window_size)
-        responses = [store.get(pid, p) for pid, p in chunk]
-        if any(r is None for r in responses):
-            fresh = _decode(
-                model,
-                cache,
-                logits,
-                mask,
-                config.max_new_tokens,
-                eos_ids,
-                config.do_sample,
-                config.temperature,
-                generator,
-            )
-            for b, (pid, p) in enumerate(chunk):
-                if responses[b] is None:
-                    responses[b] = fresh[b]
-                    store.add(pid, p, fresh[b], sampled=config.do_sample)
+        responses = answer(chunk, cache, logits, mask)
         keep = [b for b, r in enumerate(responses) if r]
         for b, (pid, _) in enumerate(chunk):
             if not responses[b]:
                 logger.warning("prompt %s: the model's response is empty; skipping it", pid)
                 skipped += 1
         if keep:
-            target = _response_targets(cache, responses, device)
+            target = response_targets(cache, responses, device)
             if len(keep) < len(chunk):  # re-prefill without the empty rows (rare)
                 sub = [chunk[b] for b in keep]
-                ids, mask = _pad_left([c[1] for c in sub], pad_id)
+                ids, mask = pad_left([c[1] for c in sub], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 cache, _, window = prefill_prompt(model, adapter, ids, mask, window_size)
-                target = _response_targets(cache, [responses[b] for b in keep], device)
+                target = response_targets(cache, [responses[b] for b in keep], device)
                 chunk = sub
             examples.append(
                 Example(

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ from transformers import get_cosine_schedule_with_warmup
 from ..adapter import JudgeQAdapter
 from ..prompts import Prompt
 from .config import OPTIMIZER_STATE, TRAINER_STATE, TrainConfig, TrainingError
-from .data import Example, ResponseStore, prepare_examples
-from .objective import alignment_loss, evaluate_hit_rates, soft_attention
+from .data import Example, ResponseStore, encode_prompts, prepare_examples
+from .objective import alignment_loss, evaluate_hit_rates
+from .onthefly import attention_pair, prepare_lazy_examples, resolve_targets
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,9 @@ def train(
     history.jsonl}`` and checkpoints under ``output_dir/checkpoint/`` (adapter + optimizer +
     trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
     (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
-    between runs (e.g. comparing initialisations). Returns the adapter and the final report.
+    between runs (e.g. comparing initialisations). ``config.targets`` picks prepared targets or
+    targets computed on the fly at every step (:mod:`~.onthefly`; ``"auto"`` decides by memory);
+    ``report["targets"]`` says which ran. Returns the adapter and the final report.
 
     Side effects: seeds torch's and Python's global RNGs with ``config.seed`` (reproducible
     initialisation and shuffling), and builds an ``accelerate.Accelerator`` when none is passed
@@ -122,8 +125,11 @@ def train(
     adapter.rows.requires_grad_(True)
 
     store = ResponseStore(responses_path if responses_path is not None else output_dir / "responses.jsonl")
+    targets = "prepared"
+    if train_examples is not None and config.targets == "on-the-fly":
+        logger.warning("train(): prepared train_examples were passed in; they are used as they are")
     if train_examples is None:
-        train_examples = _prepare_shard(
+        train_examples, targets = _prepare_shard(
             model, tokenizer, train_prompts, adapter, config, store, dist, progress
         )
     if heldout_examples is None and heldout_prompts and dist.is_main:
@@ -132,7 +138,8 @@ def train(
             tokenizer,
             heldout_prompts,
             adapter,
-            config,
+            # on the fly, the held-out prompts keep their targets but not their KV
+            config if targets == "prepared" else replace(config, keep_prefill=False),
             store,
             window_size=32,
             progress=progress,
@@ -196,6 +203,7 @@ def train(
         state["history"].append({"step": state["step"], "heldout_loss": report["final"]["heldout_loss"]})
         logger.info("after training: %s", _fmt_metrics(report["final"]))
     report["steps"] = state["step"]
+    report["targets"] = targets
     report["train_loop_seconds"] = round(state["wall_seconds"], 1)
     report["train_prompts"] = sum(len(e.ids) for e in train_examples) * dist.world
     if dist.is_main:
@@ -236,23 +244,24 @@ class _Distributed:
 
 def _prepare_shard(
     model, tokenizer, prompts, adapter, config, store, dist: _Distributed, progress
-) -> list[Example]:
-    """This process's share of the training prompts, prefilled, with their targets."""
+) -> tuple[list[Any], str]:
+    """This process's share of the training prompts, answered, and the targets route it takes
+    (:func:`~.onthefly.resolve_targets`): prefilled with their targets, or on the fly (responses only)."""
     if not prompts:
         raise TrainingError("no training prompts: the dataset is empty")
     if dist.world > 1 and store.path:
         store = ResponseStore(Path(store.path).with_suffix(f".rank{dist.rank}.jsonl"))
     shard = list(prompts)[dist.rank :: dist.world]
-    return prepare_examples(
-        model,
-        tokenizer,
-        shard,
-        adapter,
-        config,
-        store,
-        progress=progress and dist.is_main,
-        desc="train prefill",
+    encoded = encode_prompts(model, tokenizer, shard, config)
+    targets = resolve_targets(model, config, [len(ids) for _, ids in encoded])
+    show = progress and dist.is_main
+    if targets == "on-the-fly":
+        examples = prepare_lazy_examples(model, tokenizer, encoded, adapter, config, store, progress=show)
+        return examples, targets
+    examples = prepare_examples(
+        model, tokenizer, shard, adapter, config, store, progress=show, desc="train prefill", encoded=encoded
     )
+    return examples, targets
 
 
 def _shuffled_forever(examples: Sequence[Example], rng: random.Random) -> Iterator[Example]:
@@ -265,14 +274,14 @@ def _shuffled_forever(examples: Sequence[Example], rng: random.Random) -> Iterat
 
 
 def _accumulate_gradient(
-    model, adapter, examples: list[Example], config: TrainConfig, dist: _Distributed
+    model, adapter, examples: list[Any], config: TrainConfig, dist: _Distributed
 ) -> float:
     """Backward the mean alignment loss of ``examples`` into ``adapter.rows.grad`` (averaged over
     processes); returns that loss. Raises :class:`TrainingError` on a non-finite loss or gradient."""
     total = 0.0
     for example in examples:
-        pred, _ = soft_attention(model, adapter, example, grad=True)
-        loss = alignment_loss(pred, example.target, example.attention_mask, config.loss, config.ignore_first)
+        pred, target = attention_pair(model, adapter, example, grad=True)
+        loss = alignment_loss(pred, target, example.attention_mask, config.loss, config.ignore_first)
         (loss / len(examples)).backward()
         total += float(loss.detach()) / len(examples)
     grad = adapter.rows.grad
@@ -288,6 +297,7 @@ def _record_run(adapter: JudgeQAdapter, config: TrainConfig, report: dict[str, A
     """Store the run's settings and held-out metrics in the adapter's config."""
     adapter.config.training = {
         **config.to_dict(),
+        "targets": report.get("targets", config.targets),  # the route that ran ("auto" resolved)
         "train_prompts": report["train_prompts"],
         "world_size": world,
     }

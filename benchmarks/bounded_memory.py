@@ -48,10 +48,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, cliargs
-from judgeq_cache.bench import corpus_prompt
-from judgeq_cache.cliargs import choice_list, int_list, positive_int
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.cli import args as cliargs
+from judgeq_cache.cli.args import choice_list, int_list, positive_int
 from judgeq_cache.data import corpus_names
+from judgeq_cache.eval.speed import corpus_prompt
 from judgeq_cache.models import load_model
 from judgeq_cache.utils import cache_kwarg, kv_bytes
 

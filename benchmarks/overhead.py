@@ -6,7 +6,7 @@ Same as ``judgeq bench``: ``python benchmarks/overhead.py --lengths 1024,2048,40
 import argparse
 import sys
 
-from judgeq_cache.bench import add_arguments, run
+from judgeq_cache.cli.bench import add_arguments, run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,8 +17,8 @@ import time
 import torch
 
 from judgeq_cache import JudgeQAdapter, JudgeQCache
-from judgeq_cache.bench import corpus_prompt
-from judgeq_cache.cliargs import positive_int
+from judgeq_cache.cli.args import positive_int
+from judgeq_cache.eval.speed import corpus_prompt
 from judgeq_cache.models import load_model
 from judgeq_cache.utils import cache_kwarg
 

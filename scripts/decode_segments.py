@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from judgeq_cache.bench import corpus_prompt
-from judgeq_cache.cliargs import choice_list, non_negative_int, positive_int
+from judgeq_cache.cli.args import choice_list, non_negative_int, positive_int
+from judgeq_cache.eval.speed import corpus_prompt
 from judgeq_cache.scorers import SCORERS
 from judgeq_cache.utils import cache_kwarg
 

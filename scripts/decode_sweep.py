@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache, JudgeQCache
-from judgeq_cache.cliargs import choice_list, int_list, non_negative_int, positive_float, positive_int
+from judgeq_cache.cli.args import choice_list, int_list, non_negative_int, positive_float, positive_int
 from judgeq_cache.data import load_corpus
 from judgeq_cache.scorers import SCORERS
 from judgeq_cache.training.continuations import overlaps_reserved

@@ -23,7 +23,7 @@ def no_model_loading(monkeypatch):
 
     monkeypatch.setattr(models, "load_model", refuse)
     monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
-    monkeypatch.setattr("judgeq_cache.bench._load", refuse)
+    monkeypatch.setattr("judgeq_cache.cli.bench._load", refuse)
 
 
 BAD = [
@@ -84,7 +84,7 @@ def test_train_flags_are_the_train_config_fields():
     import argparse
     import dataclasses
 
-    from judgeq_cache.cliargs import dataclass_from_args
+    from judgeq_cache.cli.args import dataclass_from_args
     from judgeq_cache.training import TrainConfig
     from judgeq_cache.training.cli import add_arguments
 
@@ -156,7 +156,7 @@ def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, t
 
     from test_eval import tiny_model, tiny_tokenizer
 
-    import judgeq_cache.cliargs as cliargs
+    import judgeq_cache.cli.args as cliargs
     from judgeq_cache import JudgeQAdapter
 
     model, tok = tiny_model(), tiny_tokenizer()
@@ -178,7 +178,7 @@ def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, t
 
 
 def test_report_plot_without_matplotlib_is_an_argparse_error(monkeypatch, capsys, tmp_path):
-    import judgeq_cache.cliargs as cliargs
+    import judgeq_cache.cli.args as cliargs
 
     monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
     with pytest.raises(SystemExit) as exit_info:

@@ -7,7 +7,7 @@ from test_eval import tiny_model, tiny_tokenizer
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.cli import main
-from judgeq_cache.demo import METHODS, table
+from judgeq_cache.cli.demo import METHODS, table
 
 
 def test_table_aligns_columns():

@@ -485,6 +485,21 @@ def test_paired_report_keeps_only_prompts_every_method_answered():
     assert "| judgeq | 100 (1) | 100 (1) |" in markdown_report(records, paired_only=True)
 
 
+def test_report_options_group_the_report_parameters():
+    """``ReportOptions`` and its fields as keywords give the same report; both at once is an error."""
+    from judgeq_cache.eval.report import ReportOptions, markdown_report
+
+    records = _fake_records()
+    options = ReportOptions(title="T", command="judgeq eval run", plot="x/p.png", paired_only=True)
+    text = markdown_report(records, options)
+    assert text == markdown_report(
+        records, title="T", command="judgeq eval run", plot="x/p.png", paired_only=True
+    )
+    assert text.startswith("# T\n") and "![accuracy vs kept fraction](p.png)" in text and "Paired:" in text
+    with pytest.raises(TypeError, match="not both"):
+        markdown_report(records, options, title="U")
+
+
 def _scored(method: str, scores: list[float], setting: str = "query-agnostic", budget: str = "25%"):
     from judgeq_cache.eval.records import Record
 
@@ -552,7 +567,9 @@ def test_report_compare_table_and_cli_errors(tmp_path, caplog):
         parse_pairs("judgeq-snapkv")
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join(json.dumps(asdict(r)) for r in records) + "\n")
-    assert main(["eval", "report", str(path), "--compare", "judgeq"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # an argparse error, checked before anything runs
+        main(["eval", "report", str(path), "--compare", "judgeq"])
+    assert exit_info.value.code == 2
     md = tmp_path / "r.md"
     assert main(["eval", "report", str(path), "--compare", "judgeq:snapkv", "--markdown", str(md)]) == 0
     assert "judgeq − snapkv" in md.read_text()

@@ -79,3 +79,28 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
         "print(path.stat().st_size > 1000, 'matplotlib.pyplot' in sys.modules)\n"
     )
     assert out.split() == ["True", "False"]
+
+
+def test_models_package_layers_without_a_cycle():
+    """``models.specs`` (the table) is light, ``gguf_cache`` needs only the table, and the loader sits
+    on top of both: importing the lower layers never pulls in the ones above."""
+    out = _run(
+        "import sys\n"
+        "import judgeq_cache.models.specs\n"
+        "print('torch' in sys.modules)\n"
+        "import judgeq_cache.models.gguf_cache\n"
+        "print('judgeq_cache.models.loader' in sys.modules)\n"
+        "from judgeq_cache.models import EMBEDDED_MODELS, load_embedded_model, load_model\n"
+        "print(load_model.__module__, EMBEDDED_MODELS['smollm2'].key)\n"
+    )
+    assert out.split() == ["False", "False", "judgeq_cache.models.loader", "smollm2"]
+
+
+def test_subcommand_modules_are_light():
+    """Each subcommand's parser module imports without torch (its handlers import the heavy code)."""
+    modules = sorted({module for module, _ in SUBCOMMANDS.values()})
+    out = _run(
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\nprint('torch' in sys.modules)\n"
+    )
+    assert out.split() == ["False"]

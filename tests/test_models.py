@@ -15,7 +15,8 @@ import pytest
 import torch
 import transformers
 
-from judgeq_cache import gguf_cache, models
+from judgeq_cache import models
+from judgeq_cache.models import gguf_cache
 
 CHATML_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

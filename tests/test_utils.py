@@ -88,7 +88,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
 def test_bench_measure_keeps_pairs_and_the_in_run_compression_share():
     """``judgeq bench``'s row on a tiny model: one pair and one compression share per repeat."""
     from judgeq_cache import JudgeQAdapter
-    from judgeq_cache.bench import markdown, measure
+    from judgeq_cache.eval.speed import markdown, measure
 
     model = make_model("llama")
     ids = torch.randint(4, 100, (1, 64))
@@ -101,8 +101,8 @@ def test_bench_measure_keeps_pairs_and_the_in_run_compression_share():
 
 def test_corpus_prompt_starts_at_the_first_paragraph_after_the_offset():
     """``bench.corpus_prompt``: the book's start, or the paragraph after ``offset``; clear errors."""
-    from judgeq_cache.bench import corpus_prompt
     from judgeq_cache.data import load_corpus
+    from judgeq_cache.eval.speed import corpus_prompt
 
     def chars(text, return_tensors):  # one id per character
         return SimpleNamespace(input_ids=torch.tensor([[ord(c) for c in text]]))

@@ -5,21 +5,41 @@
 >>> samples = make_samples("needle_single", 20, 2048, tokenizer)
 >>> records = list(evaluate(model, tokenizer, samples, settings=["query-aware"],
 ...                         methods=["full", "snapkv"], budgets=[0.25]))
+
+The names below load on first use: ``judgeq eval``'s parser reads the light registries
+(:mod:`.methods`, :mod:`.records`, :mod:`.tasks`) without importing torch.
 """
 
-from .layouts import SETTINGS, PromptLayout, build_prompt
-from .metrics import METRICS, score
-from .records import Record, budget_label, parse_budget, read_records
-from .runner import METHODS, evaluate
-from .tasks import SYNTHETIC_TASKS, Sample, make_samples
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "METHODS": ".methods",
+    "METRICS": ".metrics",
+    "SETTINGS": ".layouts",
+    "SYNTHETIC_TASKS": ".tasks",
+    "PromptLayout": ".layouts",
+    "Record": ".records",
+    "Sample": ".tasks",
+    "budget_label": ".records",
+    "build_prompt": ".layouts",
+    "evaluate": ".runner",
+    "make_samples": ".tasks",
+    "parse_budget": ".records",
+    "read_records": ".records",
+    "score": ".metrics",
+}
 
 __all__ = [
     "METHODS",
     "METRICS",
-    "SETTINGS",
-    "SYNTHETIC_TASKS",
     "PromptLayout",
     "Record",
+    "SETTINGS",
+    "SYNTHETIC_TASKS",
     "Sample",
     "budget_label",
     "build_prompt",
@@ -29,3 +49,23 @@ __all__ = [
     "read_records",
     "score",
 ]
+
+if TYPE_CHECKING:
+    from .layouts import SETTINGS, PromptLayout, build_prompt
+    from .methods import METHODS
+    from .metrics import METRICS, score
+    from .records import Record, budget_label, parse_budget, read_records
+    from .runner import evaluate
+    from .tasks import SYNTHETIC_TASKS, Sample, make_samples
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,10 +13,12 @@ separately), so query-aware and query-agnostic differ only in where compression 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .tasks import Sample
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SETTINGS", "PromptLayout", "build_prompt", "chat_parts"]
 
@@ -34,6 +36,8 @@ class PromptLayout:
 
     @property
     def input_ids(self) -> torch.Tensor:
+        import torch
+
         return torch.cat([self.compressed, self.appended], dim=1)
 
 
@@ -57,6 +61,8 @@ def build_prompt(tokenizer, sample: Sample, setting: str) -> PromptLayout:
     """The token ids of ``sample`` laid out for ``setting`` (one of :data:`SETTINGS`)."""
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
+    import torch
+
     head, tail = chat_parts(tokenizer)
     instruction = sample.instruction + "\n\n" if sample.instruction else ""
     answer = tail + sample.answer_prefix

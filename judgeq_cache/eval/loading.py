@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from ..adapter import JudgeQAdapter
 from ..errors import UntrainedAdapterError
+
+if TYPE_CHECKING:
+    from ..adapter import JudgeQAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ def load_adapter(
     :class:`UntrainedAdapterError` unless ``allow_untrained``; its rows are labelled "untrained" so
     that they are reported as ``judgeq-untrained`` and never mix with a trained adapter's.
     """
+    from ..adapter import JudgeQAdapter
+
     if path == "untrained":
         return JudgeQAdapter.init_for(model), "untrained adapter (init_for, vocab, seed 0)"
     if path:

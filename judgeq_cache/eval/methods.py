@@ -1,6 +1,6 @@
 """The method registry the command line, the report and the plot read their lists from.
 
-* our methods: :data:`judgeq_cache.eval.runner.METHODS` (a base method, e.g. ``snapkv``, and its
+* our methods: :data:`METHODS` (a base method, e.g. ``snapkv``, and its
   variants, e.g. ``snapkv-shared``, whose ``"scorer"`` option names the base);
 * kvpress's presses: :data:`PRESS_METHODS` (their factories are ``kvpress_runner.PRESSES``, which
   needs kvpress installed; the names are kept here so that listing them never imports kvpress).
@@ -9,11 +9,51 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from .records import label_for
-from .runner import METHODS, scorer_of
 
-__all__ = ["PRESS_METHODS", "default_methods", "default_presses", "method_order", "variants"]
+__all__ = [
+    "METHODS",
+    "PRESS_METHODS",
+    "default_methods",
+    "default_presses",
+    "method_order",
+    "scorer_of",
+    "variants",
+]
+
+#: Our methods and the scorer options the harness uses for them ("full" = no eviction; ``scorer``
+#: names the scorer of a variant, otherwise the method name is the scorer name).
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "judgeq": {},
+    "snapkv": {"window_size": 32},
+    "pyramidkv": {"window_size": 32},
+    "h2o": {},
+    "streamingllm": {},
+    "random": {},
+    # The same positions kept in every KV head of a layer (see Scorer.shared_heads).
+    # "judgeq" is JudgeQCache's default selection (shared heads, the soft tokens alone, chosen on a
+    # dev split); "judgeq-shared" names the same selection explicitly; per head is the paper's:
+    "judgeq-shared": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.0},
+    "judgeq-perhead": {"scorer": "judgeq", "shared_heads": False, "window_weight": 0.0},
+    # The hybrid: a quarter of the score from the last prompt query's attention (TOVA's signal).
+    "judgeq-hybrid": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.25, "window_size": 1},
+    "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
+    # TOVA at prefill (kvpress's TOVAPress): last prompt query, heads averaged.
+    "tova": {},
+    # The ceiling: what the full cache's own continuation (appended question + its greedy answer)
+    # attends to most, i.e. Judge Q's training target. Analysis only (it needs the answer first).
+    "oracle": {},
+    "oracle-shared": {"scorer": "oracle", "shared_heads": True},
+}
+
+
+def scorer_of(method: str) -> str:
+    """The scorer a harness method runs (``"judgeq-shared"`` runs ``"judgeq"``)."""
+    return METHODS.get(method, {}).get("scorer", method)
+
 
 #: kvpress presses compared with ours, as methods named ``kvpress-<press>``.
 PRESS_METHODS = (

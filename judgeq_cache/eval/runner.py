@@ -18,6 +18,7 @@ from ..prefill import SharedPrefill
 from ..utils import cache_kwarg, eos_token_ids
 from .layouts import PromptLayout as Prompt
 from .loop import Answer, check_known, decode_answer, decode_in_batches, run_backend
+from .methods import METHODS, scorer_of
 from .needles import needle_positions
 from .records import Record, budget_label, label_for
 from .tasks import Sample
@@ -25,37 +26,6 @@ from .tasks import Sample
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "OurMethods", "evaluate", "kept_fraction", "scorer_of"]
-
-#: Our methods and the scorer options the harness uses for them ("full" = no eviction; ``scorer``
-#: names the scorer of a variant, otherwise the method name is the scorer name).
-METHODS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "judgeq": {},
-    "snapkv": {"window_size": 32},
-    "pyramidkv": {"window_size": 32},
-    "h2o": {},
-    "streamingllm": {},
-    "random": {},
-    # The same positions kept in every KV head of a layer (see Scorer.shared_heads).
-    # "judgeq" is JudgeQCache's default selection (shared heads, the soft tokens alone, chosen on a
-    # dev split); "judgeq-shared" names the same selection explicitly; per head is the paper's:
-    "judgeq-shared": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.0},
-    "judgeq-perhead": {"scorer": "judgeq", "shared_heads": False, "window_weight": 0.0},
-    # The hybrid: a quarter of the score from the last prompt query's attention (TOVA's signal).
-    "judgeq-hybrid": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.25, "window_size": 1},
-    "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
-    # TOVA at prefill (kvpress's TOVAPress): last prompt query, heads averaged.
-    "tova": {},
-    # The ceiling: what the full cache's own continuation (appended question + its greedy answer)
-    # attends to most, i.e. Judge Q's training target. Analysis only (it needs the answer first).
-    "oracle": {},
-    "oracle-shared": {"scorer": "oracle", "shared_heads": True},
-}
-
-
-def scorer_of(method: str) -> str:
-    """The scorer a harness method runs (``"judgeq-shared"`` runs ``"judgeq"``)."""
-    return METHODS.get(method, {}).get("scorer", method)
 
 
 def kept_fraction(cache: EvictionCache, prompt_length: int) -> float:

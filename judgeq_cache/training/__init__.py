@@ -20,13 +20,32 @@ training step is only the soft-token pass (32 tokens) and its backward. Where th
 ``targets="on-the-fly"`` keeps only the responses and prefills each step's prompts again
 (:mod:`.onthefly`); ``judgeq train --dry-run`` prints the memory and time plan (:mod:`.plan`). Multi-GPU: run this module
 under ``accelerate launch``; prompts are sharded across processes and row gradients all-reduced.
+
+The names below load on first use, so ``judgeq train``'s parser (:mod:`.cli`) checks its arguments
+before torch is imported.
 """
 
-from .cli import add_arguments, main, register_cli, run_cli
-from .config import TrainConfig, TrainingError
-from .data import Example, ResponseStore, prepare_examples
-from .loop import plot_loss, train
-from .objective import alignment_loss, evaluate_hit_rates
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "Example": ".data",
+    "ResponseStore": ".data",
+    "TrainConfig": ".config",
+    "TrainingError": ".config",
+    "add_arguments": ".cli",
+    "alignment_loss": ".objective",
+    "evaluate_hit_rates": ".objective",
+    "main": ".cli",
+    "plot_loss": ".loop",
+    "prepare_examples": ".data",
+    "register_cli": ".cli",
+    "run_cli": ".cli",
+    "train": ".loop",
+}
 
 __all__ = [
     "Example",
@@ -43,3 +62,22 @@ __all__ = [
     "run_cli",
     "train",
 ]
+
+if TYPE_CHECKING:
+    from .cli import add_arguments, main, register_cli, run_cli
+    from .config import TrainConfig, TrainingError
+    from .data import Example, ResponseStore, prepare_examples
+    from .loop import plot_loss, train
+    from .objective import alignment_loss, evaluate_hit_rates
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,23 +1,31 @@
-"""``judgeq train``: the command line of the training recipe."""
+"""``judgeq train``: the command line of the training recipe.
+
+Light at import (no torch): :func:`check_args` refuses bad arguments before anything loads, and
+:func:`run_cli` imports the recipe when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import random
+from pathlib import Path
 
-from ..cliargs import (
+from ..cli.args import (
     add_dataclass_arguments,
     add_model_arguments,
     dataclass_from_args,
+    file_problem,
     non_negative_int,
+    output_problem,
     positive_int,
 )
+from ..errors import UserError
 from ..prompts import Prompt, corpus_prompts, load_prompts
 from .config import TrainConfig, TrainingError
 from .dryrun import add_plan_arguments, check_plan_args, run_dry_run
-from .loop import train
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +39,26 @@ def _load_model(name: str, dtype: str):
     return load_model(name, dtype=dtype)
 
 
+def _data_prompts(args: argparse.Namespace) -> list[Prompt]:
+    """The prompts of every ``--data`` source, read before the model loads (a bad file is a
+    :class:`UserError`, not a traceback after the model is in memory)."""
+    prompts: list[Prompt] = []
+    for source in args.data or []:
+        try:
+            prompts += load_prompts(source, split=args.split, field=args.field, limit=args.limit)
+        except (OSError, ValueError, ImportError) as err:
+            raise UserError(f"--data {source!r}: {err}") from err
+    return prompts
+
+
 def run_cli(args: argparse.Namespace) -> int:
     if args.dry_run:
         return run_dry_run(args)
+    from .loop import train
+
     config = dataclass_from_args(TrainConfig, args)
+    prompts = _data_prompts(args)
     model, tokenizer = _load_model(args.model, args.dtype)
-    prompts: list[Prompt] = []
-    for source in args.data or []:
-        prompts += load_prompts(source, split=args.split, field=args.field, limit=args.limit)
     if args.corpus_prompts:
         prompts += corpus_prompts(
             tokenizer,
@@ -96,6 +116,43 @@ def _heldout(text: str) -> float:
     return value
 
 
+def _data_problem(source: str) -> str | None:
+    """Why ``--data source`` cannot be read, or None. A path that exists, or looks like a path or a
+    JSON file, must be a readable file or a ``save_to_disk`` directory; any other name is a
+    ``datasets`` dataset, which needs the ``datasets`` package."""
+    path = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or path.suffix.lower() in (".json", ".jsonl")
+    if path.is_dir() or not (path.exists() or looks_local):
+        if importlib.util.find_spec("datasets") is None:
+            return f"--data {source!r} is not a file; reading a dataset needs: pip install datasets"
+        return None
+    problem = file_problem(source, "--data file")
+    return (
+        f"{problem}; pass a JSON/JSONL file, a save_to_disk directory or a datasets name" if problem else None
+    )
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """Every problem ``judgeq train`` can see before the model loads, as one message (None: none)."""
+    problem = check_plan_args(args)
+    if problem or args.dry_run:  # the plan reads no data and writes nothing
+        return problem
+    if not args.data and not args.corpus_prompts:
+        return "no prompts: pass --data FILE/DATASET and/or --corpus-prompts N"
+    for source in args.data or []:
+        problem = _data_problem(source)
+        if problem:
+            return problem
+    if args.corpus_prompts and args.min_tokens > args.max_tokens:
+        return f"--min-tokens {args.min_tokens} exceeds --max-tokens {args.max_tokens}"
+    problem = output_problem(args.output, "--output", directory=True)
+    if problem:
+        return problem
+    if args.responses:
+        return output_problem(args.responses, "--responses")
+    return None
+
+
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -104,7 +161,7 @@ def register_cli(subparsers) -> None:
         "`judgeq train ...`, or data-parallel with `accelerate launch -m judgeq_cache.training ...`.",
     )
     add_arguments(p)
-    p.set_defaults(func=run_cli, check=check_plan_args)
+    p.set_defaults(func=run_cli, check=check_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -141,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m judgeq_cache.training")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    problem = check_plan_args(args)
+    problem = check_args(args)
     if problem:
         parser.error(problem)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -6,7 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cliargs import non_negative_int, positive_float, positive_int
+from ..cli.args import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class TrainConfig:
     loss: str = _opt("mse", "alignment loss (mse is the paper's)", choices=LOSSES)
     ignore_first: int = _opt(4, "first prompt tokens left out of the loss (sinks)", type=non_negative_int)
     lr: float = _opt(5e-3, "AdamW learning rate", type=positive_float)
-    weight_decay: float = _opt(0.0, "AdamW weight decay", type=float)
-    warmup_ratio: float = _opt(0.1, "share of the steps spent warming up", type=float)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", type=non_negative_float)
+    warmup_ratio: float = _opt(0.1, "share of the steps spent warming up, in [0, 1]", type=unit_interval)
     max_steps: int = _opt(200, "optimiser steps", type=positive_int)
     batch_size: int = _opt(4, "prompts per micro-batch", type=positive_int)
     grad_accum: int = _opt(1, "micro-batches per optimiser step", type=positive_int)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cliargs import non_negative_int, positive_float
+from ..cli.args import non_negative_int, positive_float
 from .plan import Plan, format_plan, make_plan
 from .shapes import resolve_shape
 

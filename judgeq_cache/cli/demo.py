@@ -5,21 +5,27 @@ needles sit at 20 %, 50 % and 80 % of the context.
 Offline; a few minutes on a laptop CPU (the first run converts the GGUF once, ~30 s).
 """
 
+# Light at import (no torch): the model and the harness load when the demo runs.
+
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from .cliargs import (
+from .args import (
     adapter_source,
     at_least,
     budget_list,
     matplotlib_available,
     non_negative_int,
+    output_problem,
     positive_int,
 )
-from .eval.records import Record
+
+if TYPE_CHECKING:
+    from ..eval.records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +64,8 @@ def run_demo(
     task: str = "needle_single",
 ) -> list[Record]:
     """Evaluate :data:`METHODS` on ``samples`` needle prompts (query-aware) and return the records."""
-    from .eval.runner import evaluate
-    from .eval.tasks import make_samples
+    from ..eval.runner import evaluate
+    from ..eval.tasks import make_samples
 
     budgets = budgets or [0.25, 0.1]
     prompts = make_samples(task, samples, length, tokenizer, seed=0, depths=DEPTHS)
@@ -141,14 +147,19 @@ def register_cli(subparsers) -> None:
         help="accept an adapter that was never trained (its figures are labelled judgeq-untrained)",
     )
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = default)")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=_main, check=_check)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """Refuse, before the model loads, a plot that cannot be written."""
+    return output_problem(args.plot, "--plot") if args.plot else None
 
 
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.loading import load_adapter
-    from .models import load_model
+    from ..eval.loading import load_adapter
+    from ..models import load_model
 
     start = time.perf_counter()
     plot = args.plot
@@ -188,7 +199,7 @@ def _main(args: argparse.Namespace) -> int:
         f"(seconds include the prompt's shared prefill; references: {', '.join(records[0].references)} ...)"
     )
     if plot:
-        from .eval.plots import plot_accuracy
+        from ..eval.plots import plot_accuracy
 
         print(
             f"\nplot: {plot_accuracy(records, plot, title='judgeq demo: needle at 2k tokens', exclude_failing=False)}"

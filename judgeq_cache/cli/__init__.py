@@ -1,8 +1,13 @@
 """The ``judgeq`` command line: ``judgeq demo | train | eval | bench``.
 
-Each subcommand lives next to the code it drives and registers itself here through a
-``register_cli(subparsers)`` function that adds its parser and sets ``func``. Only the module of the
-subcommand being run is imported: ``judgeq --help`` imports neither torch nor transformers.
+Each subcommand has a light module (no torch at import) whose ``register_cli(subparsers)`` adds its
+parser, sets ``func`` (which imports the heavy code when it runs) and may set ``check``. Only the
+module of the subcommand being run is imported, so ``judgeq --help`` and every argument error come
+back before torch or transformers load.
+
+* :mod:`.args`: the argparse ``type=`` callables and the file checks the subcommands share;
+* :mod:`.demo`, :mod:`.evaluate`, :mod:`.bench`: ``judgeq demo``, ``judgeq eval``, ``judgeq bench``;
+* ``judgeq train`` registers from :mod:`judgeq_cache.training.cli`, next to the recipe.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from collections.abc import Iterable, Sequence
 
 #: Subcommand -> (the module whose ``register_cli`` adds it, the help line ``judgeq --help`` shows).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("judgeq_cache.demo", "side-by-side needle demo on the embedded model"),
-    "train": ("judgeq_cache.training", "train Judge Q soft tokens for a model"),
-    "eval": ("judgeq_cache.eval.cli", "evaluation harness: run, kvpress, report"),
-    "bench": ("judgeq_cache.bench", "scoring overhead, decode speed and KV memory vs a full cache"),
+    "demo": ("judgeq_cache.cli.demo", "side-by-side needle demo on the embedded model"),
+    "train": ("judgeq_cache.training.cli", "train Judge Q soft tokens for a model"),
+    "eval": ("judgeq_cache.cli.evaluate", "evaluation harness: run, kvpress, report"),
+    "bench": ("judgeq_cache.cli.bench", "scoring overhead, decode speed and KV memory vs a full cache"),
 }
 
 
@@ -65,18 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     # returns is an argparse error (exit 2, no traceback).
     problem = args.check(args) if getattr(args, "check", None) else None
     if problem:
-        parser.error(f"{args.command}: {problem}")
+        parser.error(f"{command}: {problem}")  # not args.command: a subcommand may own a --command flag
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from .errors import UserError
+    from ..errors import UserError
 
     try:
         return int(args.func(args) or 0)
     except UserError as err:  # found only once the model is loaded (e.g. no adapter fits it)
         logging.getLogger("judgeq").error("%s", err)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

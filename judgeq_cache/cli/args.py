@@ -2,7 +2,8 @@
 
 A bad value becomes an argparse error (usage + one line naming the argument, exit code 2) before any
 model is loaded, never a traceback halfway through a run. Every callable raises
-``argparse.ArgumentTypeError`` with a message that says what is accepted.
+``argparse.ArgumentTypeError`` with a message that says what is accepted. The ``*_problem`` functions
+serve the subcommands' ``check(args)``: they return why a path cannot be used, or None.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ __all__ = [
     "add_model_arguments",
     "adapter_source",
     "at_least",
+    "file_problem",
+    "non_negative_float",
+    "output_problem",
+    "readable_file",
     "budget",
     "budget_list",
     "choice_list",
@@ -33,6 +38,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "task_list",
+    "unit_interval",
 ]
 
 T = TypeVar("T")
@@ -76,6 +82,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A ``type=`` for finite floats ``>= 0`` (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A ``type=`` for a share in ``[0, 1]`` (both ends included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A ``type=`` for a kept fraction in ``(0, 1)``."""
     try:
@@ -108,7 +136,7 @@ def int_list(minimum: int = 1) -> Callable[[str], list[int]]:
 def budget(text: str) -> int | float:
     """A ``type=`` for one budget: an integer is entries per KV head (``256``), a decimal or a
     percentage a kept fraction in ``(0, 1)`` (``0.25``, ``25%``); ``2.0`` is an error."""
-    from .eval.records import parse_budget
+    from ..eval.records import parse_budget
 
     try:
         return parse_budget(text)
@@ -140,8 +168,8 @@ def choice_list(choices: Iterable[str], what: str = "value") -> Callable[[str], 
 
 def task_list(text: str) -> list[str]:
     """A ``type=`` for ``--tasks``: synthetic task names, ``longbench:<dataset>``, ``ruler:<task>``."""
-    from .eval.longbench import DATASETS
-    from .eval.tasks import SYNTHETIC_TASKS
+    from ..eval.longbench import DATASETS
+    from ..eval.tasks import SYNTHETIC_TASKS
 
     items = _items(text)
     for item in items:
@@ -184,6 +212,46 @@ adapter_source = _local_or_hub(
     Path.is_dir,
     "a directory holding adapter_config.json, a Hub id (org/name) or 'untrained'",
 )
+
+
+def file_problem(path: str | os.PathLike, what: str = "file") -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a directory, unreadable), or None."""
+    target = Path(path).expanduser()
+    if not target.exists():
+        return f"{what} {str(path)!r} does not exist"
+    if not target.is_file():
+        return f"{what} {str(path)!r} is not a file"
+    if not os.access(target, os.R_OK):
+        return f"{what} {str(path)!r} is not readable (check its permissions)"
+    return None
+
+
+def readable_file(text: str) -> str:
+    """A ``type=`` for an existing, readable file."""
+    problem = file_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def output_problem(path: str | os.PathLike, what: str = "output", *, directory: bool = False) -> str | None:
+    """Why nothing can be written at ``path`` (a file, or with ``directory`` a folder), or None.
+
+    Refuses a directory where a file is wanted (and the reverse) and a first existing ancestor that is
+    not a writable directory; folders still missing are fine (they are created).
+    """
+    target = Path(path).expanduser()
+    if target.exists() and target.is_dir() != directory:
+        kind = "a directory" if target.is_dir() else "a file"
+        return f"{what} {str(path)!r} is {kind}; pass {'a directory' if directory else 'a file path'}"
+    parent = target if directory and target.exists() else target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{what} {str(path)!r} cannot be created: {str(parent)!r} is a file"
+    if not os.access(parent, os.W_OK):
+        return f"{what} {str(path)!r} cannot be written: {str(parent)!r} is not writable"
+    return None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, dtype: bool = False) -> None:

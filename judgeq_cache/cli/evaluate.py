@@ -5,26 +5,32 @@ judgeq eval kvpress --tasks needle_single --samples 20 --length 2048 --output ru
 judgeq eval report runs/ours.jsonl runs/kvpress.jsonl --markdown docs/results.md --plot docs/results.png
 """
 
+# Light at import (no torch): the handlers import the harness when they run.
+
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+from pathlib import Path
 
-from ..cliargs import (
+from ..data import corpus_names
+from ..errors import UserError
+from ..eval.layouts import SETTINGS
+from ..eval.methods import METHODS, PRESS_METHODS, default_methods, default_presses, scorer_of
+from .args import (
     adapter_source,
     add_model_arguments,
     at_least,
     budget_list,
     choice_list,
+    file_problem,
     non_negative_int,
+    output_problem,
     plot_path,
     positive_int,
     task_list,
 )
-from ..data import corpus_names
-from .layouts import SETTINGS
-from .methods import PRESS_METHODS, default_methods, default_presses
-from .runner import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +118,7 @@ def register_cli(subparsers) -> None:
         default=",".join(presses),
         help=f"comma list ({also} also available)",
     )
-    kv.set_defaults(func=_kvpress)
+    kv.set_defaults(func=_kvpress, check=_check_kvpress)
 
     rep = sub.add_parser("report", help="merge JSONL files into a markdown table and a plot")
     rep.add_argument("inputs", nargs="+", help="JSONL files (later files override duplicates)")
@@ -137,7 +143,7 @@ def register_cli(subparsers) -> None:
         default="",
         help="method pairs 'a:b,...' to add a paired-difference table with 95%% intervals (e.g. judgeq:snapkv)",
     )
-    rep.set_defaults(func=_report)
+    rep.set_defaults(func=_report, check=_check_report)
 
 
 def _our_methods(text: str) -> list[str]:
@@ -147,31 +153,65 @@ def _our_methods(text: str) -> list[str]:
 def _prepare(args):
     import torch
 
+    from ..eval.loading import load_samples
     from ..models import load_model
-    from .loading import load_samples
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     samples = []
     for spec in args.tasks:
-        samples += load_samples(
-            spec,
-            args.samples,
-            args.length,
-            tokenizer,
-            seed=args.seed,
-            corpus=args.corpus,
-            data_dir=args.data_dir,
-        )
+        try:
+            samples += load_samples(
+                spec,
+                args.samples,
+                args.length,
+                tokenizer,
+                seed=args.seed,
+                corpus=args.corpus,
+                data_dir=args.data_dir,
+            )
+        except (OSError, ValueError, KeyError) as err:  # a malformed data file, or a Hub dataset missing
+            raise UserError(f"--tasks {spec}: cannot read its samples: {err!r}") from err
     return model, tokenizer, samples, args.budgets
 
 
-def _check_run(args) -> str | None:
-    """Refuse, before the model loads, a Judge Q run with no trained adapter in reach."""
-    from .loading import UNTRAINED_FIX, shipped_adapter_expected
-    from .runner import scorer_of
+def _task_data_problem(spec: str, data_dir: str | None) -> str | None:
+    """Why the samples of ``--tasks`` item ``spec`` cannot be read (synthetic tasks always can)."""
+    kind, _, name = spec.partition(":")
+    if kind not in ("longbench", "ruler"):
+        return None
+    if data_dir is None:
+        if kind == "ruler":
+            return f"{spec} needs --data-dir: RULER's JSONL files come from RULER's own prepare.py"
+        if importlib.util.find_spec("datasets") is None:
+            return f"{spec} without --data-dir reads the Hub through 'datasets': pip install datasets"
+        return None
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        return f"--data-dir {data_dir!r} is not a directory (it holds <dataset>.jsonl files)"
+    candidates = [root / f"{name}.jsonl"] + ([root / name / "validation.jsonl"] if kind == "ruler" else [])
+    found = next((c for c in candidates if c.exists()), candidates[0])
+    return file_problem(found, f"{spec} data file")
 
+
+def _check_common(args) -> str | None:
+    """Problems of the arguments ``run`` and ``kvpress`` share, before the model loads."""
+    for spec in args.tasks:
+        problem = _task_data_problem(spec, args.data_dir)
+        if problem:
+            return problem
+    return output_problem(args.output, "--output")
+
+
+def _check_run(args) -> str | None:
+    """Refuse, before the model loads, bad data or output paths and a Judge Q run with no trained
+    adapter in reach."""
+    from ..eval.loading import UNTRAINED_FIX, shipped_adapter_expected
+
+    problem = _check_common(args)
+    if problem:
+        return problem
     if args.adapter or args.allow_untrained or not any(scorer_of(m) == "judgeq" for m in args.methods):
         return None
     if not shipped_adapter_expected(args.model):
@@ -179,9 +219,33 @@ def _check_run(args) -> str | None:
     return None
 
 
+def _check_kvpress(args) -> str | None:
+    if importlib.util.find_spec("kvpress") is None:
+        return "kvpress is not installed: pip install 'judgeq-cache[compare]' (transformers<5.3)"
+    return _check_common(args)
+
+
+def _check_report(args) -> str | None:
+    from ..eval.stats import parse_pairs
+
+    for path in args.inputs:
+        problem = file_problem(path, "input")
+        if problem:
+            return problem
+    try:
+        parse_pairs(args.compare)
+    except ValueError as err:
+        return f"--compare: {err}"
+    for flag, path in (("--markdown", args.markdown), ("--plot", args.plot)):
+        problem = output_problem(path, flag) if path else None
+        if problem:
+            return problem
+    return None
+
+
 def _run(args) -> int:
-    from .loading import load_adapter
-    from .runner import evaluate, scorer_of
+    from ..eval.loading import load_adapter
+    from ..eval.runner import evaluate
 
     model, tokenizer, samples, budgets = _prepare(args)
     methods = args.methods
@@ -212,7 +276,7 @@ def _run(args) -> int:
 
 def _kvpress(args) -> int:
     try:
-        from .kvpress_runner import evaluate_kvpress
+        from ..eval.kvpress_runner import evaluate_kvpress
     except ImportError as err:
         logger.error(
             "kvpress is not installed (%s): pip install 'judgeq-cache[compare]' (transformers<5.3)", err
@@ -236,15 +300,11 @@ def _kvpress(args) -> int:
 
 
 def _report(args) -> int:
-    from .records import method_label, read_records
-    from .report import markdown_report
-    from .stats import parse_pairs
+    from ..eval.records import method_label, read_records
+    from ..eval.report import markdown_report
+    from ..eval.stats import parse_pairs
 
-    try:
-        pairs = parse_pairs(args.compare)
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
+    pairs = parse_pairs(args.compare)  # checked by _check_report
     records = read_records(*args.inputs)
     if args.settings:
         settings = set(_csv(args.settings))
@@ -262,7 +322,7 @@ def _report(args) -> int:
         return 2
     plot = None
     if args.plot:
-        from .plots import plot_accuracy
+        from ..eval.plots import plot_accuracy
 
         plot = plot_accuracy(records, args.plot, paired_only=args.paired)
     text = markdown_report(
@@ -274,8 +334,6 @@ def _report(args) -> int:
         compare=pairs,
     )
     if args.markdown:
-        from pathlib import Path
-
         from ..utils import atomic_write
 
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ temporary directory and renamed into place, so an interrupted conversion is neve
 
 Cache location: ``$JUDGEQ_CACHE_DIR/models/<name>``, else ``~/.cache/judgeq_cache/models/<name>``
 (or the ``cache_dir`` a loader is given). Which models exist, and where their GGUF comes from, is
-the table in :mod:`judgeq_cache.models`.
+the table in :mod:`judgeq_cache.models.specs`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .models import EmbeddedModel
+    from .specs import EmbeddedModel
 
 logger = logging.getLogger(__name__)
 

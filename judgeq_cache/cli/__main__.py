@@ -1,0 +1,7 @@
+"""``python -m judgeq_cache.cli ...``: the ``judgeq`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

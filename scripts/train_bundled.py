@@ -94,6 +94,11 @@ def main() -> None:
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start every variant from this adapter's rows (e.g. the bundled one) instead of a fresh init",
+    )
     p.add_argument("--no-install", action="store_true", help="do not copy the winner next to this file")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -147,7 +152,12 @@ def main() -> None:
             save_every=25,
             eval_budgets=(0.1, 0.25),
         )
-        adapter = JudgeQAdapter.init_for(model, cfg.num_soft_tokens, seed=cfg.seed, init=cfg.init)
+        if args.init_from:
+            adapter = JudgeQAdapter.from_pretrained(args.init_from)
+            if adapter.rows.shape[0] != cfg.num_soft_tokens:
+                raise SystemExit(f"--init-from has {adapter.rows.shape[0]} soft tokens, the variant {tokens}")
+        else:
+            adapter = JudgeQAdapter.init_for(model, cfg.num_soft_tokens, seed=cfg.seed, init=cfg.init)
         out = work / variant.replace(":", "-")
         adapter, report = train(
             model,
@@ -182,6 +192,7 @@ def main() -> None:
             "futures": "reference answers (teacher-forced); 'later' layout: every fact's question + answer",
             "continuation_prompts": [args.continuation_prompts, args.continuation_heldout],
             "instruction_prompts": [args.instruction_prompts, args.instruction_heldout],
+            "init_from": args.init_from,
         },
         "torch_threads": torch.get_num_threads(),
     }

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.cliargs import budget_list, positive_int
-from judgeq_cache.eval.fidelity import fidelity_rows, fidelity_summary, paired_rows
+from judgeq_cache.eval.fidelity import fidelity_markdown, fidelity_rows, fidelity_summary, paired_rows
 from judgeq_cache.eval.fidelity_prompts import FIDELITY_SETTINGS, fidelity_prompts
 from judgeq_cache.eval.records import append_record, budget_label, read_records
 from judgeq_cache.models import load_model
@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--output", required=True, help="JSONL rows (appended; a rerun skips what is there)")
     p.add_argument("--json", default=None, help="summary of every row in --output")
+    p.add_argument("--markdown", default=None, help="the same summary as markdown tables")
+    p.add_argument("--summary-only", action="store_true", help="only summarise --output (no new rows)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -73,6 +75,8 @@ def main() -> None:
     model, tokenizer = load_model("embedded")
     adapters = _adapters(args.adapter) if "judgeq" in methods else {}
     prompts = fidelity_prompts(tokenizer, args.split, args.prompts, passage_tokens=args.passage_tokens)
+    if args.summary_only:
+        prompts = []
     done = read_records(args.output)
     have = {(r.index, r.setting, r.method, r.budget) for r in done if r.extra.get("split") == args.split}
     answers = {(r.index, r.setting): r.extra["answer_ids"] for r in done if r.method == "full"}
@@ -113,7 +117,7 @@ def main() -> None:
         summary = {
             "split": args.split,
             "command": "python scripts/fidelity.py " + " ".join(sys.argv[1:]),
-            "prompts": len(prompts),
+            "prompts": len({r.index for r in records}),
             "answer_tokens": args.answer_tokens,
             "summary": fidelity_summary(records),
             "paired": paired_rows(records, labels, baselines) + paired_rows(records, labels[1:], labels[:1]),
@@ -121,6 +125,8 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
         log.info("wrote %s", args.json)
+        if args.markdown:
+            Path(args.markdown).write_text(fidelity_markdown(summary["summary"], summary["paired"]))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ from conftest import make_model
 from reference import keep_masks, masked_logits
 
 from judgeq_cache import JudgeQAdapter
-from judgeq_cache.eval.fidelity import answer_nll, fidelity_rows, fidelity_summary, paired_rows
+from judgeq_cache.eval.fidelity import (
+    answer_nll,
+    fidelity_markdown,
+    fidelity_rows,
+    fidelity_summary,
+    paired_rows,
+)
 from judgeq_cache.eval.fidelity_prompts import (
     DEV_TEMPLATES,
     FIDELITY_PARAGRAPHS,
@@ -109,6 +115,8 @@ def test_summary_and_paired_intervals():
     judgeq = [r.score for r in rows if r.method == "judgeq"]
     assert pair["diff"] == pytest.approx(sum(judgeq) / 3 - sum(tova) / 3)
     assert pair["low"] <= pair["diff"] <= pair["high"] and pair["n"] == 3
+    table = fidelity_markdown(fidelity_summary(rows), [pair])
+    assert "| s | 25% | 3 |" in table and "judgeq − tova" in table
 
 
 @pytest.fixture(scope="module")

@@ -180,3 +180,42 @@ def paired_rows(
                              "low": d.low, "high": d.high, "a_better": d.b_only, "b_better": d.a_only, "n": d.n}
                         )  # fmt: skip
     return out
+
+
+def fidelity_markdown(summary: Sequence[Mapping[str, Any]], paired: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables: mean NLL ratio to full per setting x budget (one column per method; the lowest
+    in bold) and the paired intervals."""
+    methods = sorted(
+        {r["method"] for r in summary if r["method"] != "full"}, key=lambda m: (not m.startswith("judgeq"), m)
+    )
+    cells = {(r["setting"], r["budget"], r["method"]): r for r in summary}
+    keys = sorted(
+        {(r["setting"], r["budget"]) for r in summary if r["budget"] != "full"},
+        key=lambda k: (k[0], -float(k[1].rstrip("%")) if k[1].endswith("%") else 0),
+    )
+    lines = [
+        "| setting | kept | prompts | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for setting, budget in keys:
+        values = {
+            m: cells[(setting, budget, m)]["ratio_mean"] for m in methods if (setting, budget, m) in cells
+        }
+        best = min(values.values()) if values else None
+        n = max((cells[(setting, budget, m)]["n"] for m in values), default=0)
+        row = [
+            f"**{values[m]:.4f}**" if values.get(m) == best else (f"{values[m]:.4f}" if m in values else "—")
+            for m in methods
+        ]
+        lines.append(f"| {setting} | {budget} | {n} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| setting | kept | A − B | diff | 95 % interval | prompts A / B closer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in paired:
+        lines.append(
+            f"| {p['setting']} | {p['budget']} | {p['a']} − {p['b']} | {p['diff']:+.4f} | "
+            f"[{p['low']:+.4f}, {p['high']:+.4f}] | {p['a_better']} / {p['b_better']} |"
+        )
+    return "\n".join(lines) + "\n"

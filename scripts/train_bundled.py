@@ -86,6 +86,12 @@ def main() -> None:
     )
     p.add_argument("--instruction-heldout", type=int, default=4)
     p.add_argument("--instruction-tokens", type=int, default=64, help="new tokens of each sampled answer")
+    p.add_argument(
+        "--instruction-repeat",
+        type=int,
+        default=1,
+        help="mixture weight: each instruction prompt is trained on this many times per epoch",
+    )
     p.add_argument("--data", default=None, help="prepared-data directory (default: WORK/data)")
     p.add_argument("--min-tokens", type=int, default=800)
     p.add_argument("--max-tokens", type=int, default=2200)
@@ -133,7 +139,7 @@ def main() -> None:
     if args.instruction_prompts:
         held, train_part = instruction_examples(model, tokenizer, args, data)
         held_ex += held
-        train_ex += train_part
+        train_ex += train_part * args.instruction_repeat
     prep_seconds = time.perf_counter() - t0
     log.info("prepared %d + %d prompts in %.0f s", len(train_ex), len(held_ex), prep_seconds)
     if args.stage == "prepare":
@@ -192,6 +198,7 @@ def main() -> None:
             "futures": "reference answers (teacher-forced); 'later' layout: every fact's question + answer",
             "continuation_prompts": [args.continuation_prompts, args.continuation_heldout],
             "instruction_prompts": [args.instruction_prompts, args.instruction_heldout],
+            "instruction_repeat": args.instruction_repeat,
             "init_from": args.init_from,
         },
         "torch_threads": torch.get_num_threads(),

@@ -32,12 +32,12 @@ from ..training.instructions import sampled_answer
 from .fidelity_prompts import FidelityPrompt, fidelity_layout
 from .layouts import PromptLayout
 from .records import Record, budget_label
-from .runner import _method_cache, kept_fraction, scorer_of
+from .runner import METHODS, kept_fraction, scorer_of
 from .stats import paired_difference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["answer_nll", "fidelity_rows", "fidelity_summary", "paired_rows", "prompt_seed"]
+__all__ = ["answer_nll", "method_cache", "fidelity_rows", "fidelity_summary", "paired_rows", "prompt_seed"]
 
 
 def prompt_seed(prompt_id: str, setting: str) -> int:
@@ -62,6 +62,14 @@ def answer_nll(
         start = max(appended.shape[1] - 1, 0)
         logits.append(out[start:])
     return F.cross_entropy(torch.cat(logits)[: answer.shape[1]], answer[0].to(device), reduction="none").cpu()
+
+
+def method_cache(shared: SharedPrefill, method: str, budget, adapter: JudgeQAdapter | None):
+    """A compressed copy of ``shared`` for harness method ``method`` (the harness's own options)."""
+    options = {k: v for k, v in METHODS[method].items() if k != "scorer"}
+    if scorer_of(method) == "judgeq":
+        options["adapter"] = adapter
+    return shared.cache(budget, scorer_of(method), **options)
 
 
 def _record(prompt: FidelityPrompt, index: int, setting: str, label: str, budget: str, **fields) -> Record:
@@ -132,7 +140,7 @@ def fidelity_rows(
         jobs += [(label, method, adapter, budget) for label, adapter in labels for budget in budgets]
     for label, method, adapter, budget in jobs:
         t0 = time.perf_counter()
-        cache = _method_cache(shared, method, budget, adapter, None)
+        cache = method_cache(shared, method, budget, adapter)
         kept = kept_fraction(cache, n)
         nll = answer_nll(model, cache, layout.appended, answer, first).mean().item()
         rows.append(

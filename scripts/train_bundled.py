@@ -8,7 +8,9 @@
    before, after or later), 0.8-2.2k tokens, prefilled once and saved under ``WORK/data/`` (resumable).
    ``--continuation-prompts N`` adds book-continuation prompts
    (:func:`judgeq_cache.training.continuations.continuation_prompts`; tried for decode-time eviction,
-   not in the bundled adapter: docs/training.md).
+   not in the bundled adapter: docs/training.md). ``--instruction-prompts N`` adds generic
+   instructions over book text whose futures are the model's own sampled answers
+   (:func:`judgeq_cache.training.instructions.instruction_prompts`, the paper's general recipe).
 2. Each ``--variants`` entry (``loss:soft_tokens`` or ``loss:soft_tokens:steps``; steps default to
    ``--steps``) trains from the same data; the held-out
    prompts (training distribution, never evaluation prompts) pick the winner by Judge Q's mean needle
@@ -33,11 +35,33 @@ from judgeq_cache.models import load_embedded_model
 from judgeq_cache.training import TrainConfig, train
 from judgeq_cache.training.continuations import continuation_prompts
 from judgeq_cache.training.facts import fact_prompts
-from judgeq_cache.training.prepared import prepare_to_disk
+from judgeq_cache.training.instructions import instruction_prompts
+from judgeq_cache.training.prepared import load_prepared, prepare_to_disk
 
 HERE = Path(__file__).resolve().parents[1] / "judgeq_cache" / "pretrained" / "smollm2-135m-instruct"
 log = logging.getLogger("train_bundled")
 FILES = ("adapter_config.json", "adapter_model.safetensors", "loss_curve.png", "history.jsonl", "report.json")
+
+
+def instruction_examples(model, tokenizer, args, data: Path) -> tuple[list, list]:
+    """Held-out and training instruction examples, prepared under ``data`` one prompt at a time
+    (answer generated, then prefilled and saved), so an interrupted run keeps what it made and a
+    rerun generates only what is missing."""
+    n_held, n = args.instruction_heldout, args.instruction_heldout + args.instruction_prompts
+    ids = [f"instruct-0-{i}" for i in range(n)]
+    out: tuple[list, list] = ([], [])
+    for i in range(n):
+        directory = data / ("instruction-heldout" if i < n_held else "instruction-train")
+        path = directory / f"{ids[i]}.safetensors"
+        if not path.is_file():
+            kw = {"min_tokens": args.min_tokens, "max_tokens": args.max_tokens, "progress": False}
+            (prompt,) = instruction_prompts(
+                model, tokenizer, i + 1, new_tokens=args.instruction_tokens, seed=0, skip_ids=ids[:i], **kw
+            )
+            prepare_to_disk(model, [prompt], directory, progress=False)
+            log.info("instruction prompt %d of %d prepared", i + 1, n)
+        out[i >= n_held].append(load_prepared(path))
+    return out
 
 
 def main() -> None:
@@ -53,6 +77,21 @@ def main() -> None:
         help="book excerpts whose futures are the model's continuation (judgeq_cache.training.continuations)",
     )
     p.add_argument("--continuation-heldout", type=int, default=8)
+    p.add_argument(
+        "--instruction-prompts",
+        type=int,
+        default=0,
+        help="generic instructions over book text, futures = the model's own sampled answers "
+        "(judgeq_cache.training.instructions)",
+    )
+    p.add_argument("--instruction-heldout", type=int, default=4)
+    p.add_argument("--instruction-tokens", type=int, default=64, help="new tokens of each sampled answer")
+    p.add_argument(
+        "--instruction-repeat",
+        type=int,
+        default=1,
+        help="mixture weight: each instruction prompt is trained on this many times per epoch",
+    )
     p.add_argument("--data", default=None, help="prepared-data directory (default: WORK/data)")
     p.add_argument("--min-tokens", type=int, default=800)
     p.add_argument("--max-tokens", type=int, default=2200)
@@ -61,6 +100,11 @@ def main() -> None:
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start every variant from this adapter's rows (e.g. the bundled one) instead of a fresh init",
+    )
     p.add_argument("--no-install", action="store_true", help="do not copy the winner next to this file")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,6 +136,10 @@ def main() -> None:
         )
         held_ex += prepare_to_disk(model, more[: args.continuation_heldout], data / "continuation-heldout")
         train_ex += prepare_to_disk(model, more[args.continuation_heldout :], data / "continuation-train")
+    if args.instruction_prompts:
+        held, train_part = instruction_examples(model, tokenizer, args, data)
+        held_ex += held
+        train_ex += train_part * args.instruction_repeat
     prep_seconds = time.perf_counter() - t0
     log.info("prepared %d + %d prompts in %.0f s", len(train_ex), len(held_ex), prep_seconds)
     if args.stage == "prepare":
@@ -110,7 +158,12 @@ def main() -> None:
             save_every=25,
             eval_budgets=(0.1, 0.25),
         )
-        adapter = JudgeQAdapter.init_for(model, cfg.num_soft_tokens, seed=cfg.seed, init=cfg.init)
+        if args.init_from:
+            adapter = JudgeQAdapter.from_pretrained(args.init_from)
+            if adapter.rows.shape[0] != cfg.num_soft_tokens:
+                raise SystemExit(f"--init-from has {adapter.rows.shape[0]} soft tokens, the variant {tokens}")
+        else:
+            adapter = JudgeQAdapter.init_for(model, cfg.num_soft_tokens, seed=cfg.seed, init=cfg.init)
         out = work / variant.replace(":", "-")
         adapter, report = train(
             model,
@@ -144,6 +197,9 @@ def main() -> None:
             "corpora": ["brown", "moby_dick"],
             "futures": "reference answers (teacher-forced); 'later' layout: every fact's question + answer",
             "continuation_prompts": [args.continuation_prompts, args.continuation_heldout],
+            "instruction_prompts": [args.instruction_prompts, args.instruction_heldout],
+            "instruction_repeat": args.instruction_repeat,
+            "init_from": args.init_from,
         },
         "torch_threads": torch.get_num_threads(),
     }

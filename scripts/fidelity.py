@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from judgeq_cache import JudgeQAdapter
-from judgeq_cache.cliargs import budget_list, positive_int
+from judgeq_cache.cli.args import budget_list, positive_int
 from judgeq_cache.eval.fidelity import fidelity_markdown, fidelity_rows, fidelity_summary, paired_rows
 from judgeq_cache.eval.fidelity_prompts import FIDELITY_SETTINGS, fidelity_prompts
 from judgeq_cache.eval.records import append_record, budget_label, read_records

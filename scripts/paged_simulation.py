@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from judgeq_cache import JudgeQAdapter
-from judgeq_cache.cliargs import choice_list, positive_int
+from judgeq_cache.cli.args import choice_list, positive_int
 from judgeq_cache.eval.layouts import build_prompt
 from judgeq_cache.eval.loop import decode_answer
 from judgeq_cache.eval.metrics import score

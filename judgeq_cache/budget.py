@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -17,6 +18,11 @@ class Budget:
     def parse(cls, budget: int | float | Budget) -> Budget:
         if isinstance(budget, Budget):
             return budget
+        # Integer-like and float-like numbers (numpy's int64, float32, ...) count as int and float.
+        if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
+            budget = int(budget)
+        elif isinstance(budget, numbers.Real) and not isinstance(budget, (bool, int)):
+            budget = float(budget)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             raise TypeError(
                 f"budget must be an int (entries kept per head) or a float in (0, 1) (kept fraction), "

@@ -14,6 +14,7 @@ refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from .adapter import JudgeQAdapter
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
 from .compression import PromptCompression
-from .guards import another_model_error
+from .guards import another_model_error, closed_error
 from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
 from .prefill_record import Drafts, PrefillRecord
 from .rows import BatchRows
@@ -52,6 +53,14 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     every chunk, so the cache never stores more than budget + chunk entries per KV head; with
     ``decode_every=N`` the cache evicts back to the budget every ``N`` tokens added after the prefill.
 
+    What ``generate`` does not pass to the model (``prefill_chunk_size``, whether the prefill forward
+    carries assisted-decoding candidates) is read from the running ``model.generate`` call through a
+    thin wrapper on the model instance (:mod:`~judgeq_cache.generate_call`), never guessed; a direct
+    ``model(...)`` call's ``logits_to_keep`` only selects logits. The hooks and that wrapper are shared
+    by the model's open caches and removed when the last one is closed (:meth:`close`, or ``with
+    EvictionCache(...) as cache:``). Query capture is per thread: caches on different models may run
+    in different threads, beside plain models.
+
     Parameters
     ----------
     model : PreTrainedModel
@@ -70,8 +79,11 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         Decode-time eviction: every ``decode_every`` tokens added after the prefill (generated tokens,
         later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
         it is; a fraction of each row's prompt length), always keeping the scorer's
-        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). ``None``
-        (default): evict once, at the prefill, as the paper does.
+        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). The cache
+        then never stores more than ``max(budget, kept prompt) + decode_every - 1 + T`` entries per
+        KV head, ``T`` the tokens of the largest forward after the prefill (so ``+ decode_every``
+        when decoding token by token; a 10-token question right after ``decode_every - 1`` decoded
+        tokens reaches the bound). ``None`` (default): evict once, at the prefill, as the paper does.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).
 
@@ -127,6 +139,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._model = model
         self._base_model = model.base_model
         self._attn_names = attention_implementations(model)
+        self._attention_modules = attention_modules(self._base_model)
+        self._closed = False
         self._cache_kwarg = utils.cache_kwarg(self._base_model)
         self.auto_compress = auto_compress
         self.kept_indices: dict[int, torch.Tensor] = {}
@@ -140,20 +154,21 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._drafts: Drafts | None = None
         self._logits_to_keep: Any = None
         self._forward_depth = 0
+        self._prefill_failed = False
         self._chunks: triggers.ChunkedPrefill | None = None
         self._manual_chunks = False
         self._decode = None if decode_every is None else triggers.DecodeSchedule(decode_every)
         self._decode_scores = triggers.QueryScores()
         self._decode_budgets: list[list[int]] | None = None
         self._step: PrefillRecord | None = None
-        hooks.install(model, self._base_model)
+        hooks.attach(self, model, self._base_model)
 
     # ------------------------------------------------------------------ cache API
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._dry:  # scoring pass: attend over stored + new, store nothing
             return peek_layer(self.layers[layer_idx], key_states, value_states)
         if self._prefill is None or self._forward_depth == 0:
-            raise another_model_error()
+            raise closed_error() if self._closed else another_model_error()
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def get_mask_sizes(self, query: int | torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[int, int]:
@@ -178,6 +193,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         super().reset()
         self.kept_indices = {}
         self.prompt_length = 0
+        self.compression_seconds = 0.0
+        self._prefill_failed = False
         self._prefill = None
         self._drafts = None
         self._window = None
@@ -192,6 +209,38 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     def decode_every(self) -> int | None:
         """Tokens between decode-time evictions (None: evict once, at the prefill)."""
         return None if self._decode is None else self._decode.every
+
+    def close(self) -> None:
+        """Release the model: when no other open cache of it is left, every hook this package put on
+        it (forward hooks, attention hooks, the ``generate`` wrapper) is removed. The cache can no
+        longer be used with the model afterwards. Also done on leaving ``with EvictionCache(...) as
+        cache:``."""
+        self._closed = True
+        hooks.detach(self, self._base_model)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> EvictionCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EvictionCache:
+        """A copy with its own keys, values and state that keeps the same model and scorer (what
+        transformers documents for prefix reuse: ``copy.deepcopy(prompt_cache)``)."""
+        for shared in (self._model, self._base_model, self.scorer, *self._attention_modules):
+            memo[id(shared)] = shared
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        for name, value in vars(self).items():
+            object.__setattr__(twin, name, copy.deepcopy(value, memo))
+        if not self._closed:
+            hooks.attach(twin, self._model, self._base_model)
+        return twin
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -221,7 +270,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         """A context manager scoring ``query_slice`` of every evictable layer's attention calls (see
         :class:`~judgeq_cache.capture.QueryPlan`); ``.scores`` holds ``{layer: [B, Hkv, num_out]}``."""
         plan = QueryPlan(query_slice, causal_offset, num_out, key_mask, self._layer_set())
-        return AttentionCapture(self._attn_names, plan)
+        return AttentionCapture(self._attention_modules, plan)
 
     def load_prefill(
         self,
@@ -254,7 +303,17 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         cache: same model and prefill, its own copy of every entry, and ``budget``/``scorer`` where
         given (else this cache's; a JudgeQCache's scorer carries its adapter). Compress the copy with
         :meth:`compress` or :meth:`skip_compression`; this cache is left as it is, so one prefill
-        serves many copies."""
+        serves many copies.
+
+        On a compressed cache, ``fork()`` without arguments is a branch for prefix reuse: a copy with
+        its own entries and state, same model, budget and scorer (``copy.deepcopy(cache)``)."""
+        if self._compressed and budget is None and scorer is None and not scorer_options:
+            return copy.deepcopy(self)
+        if self._compressed:
+            raise RuntimeError(
+                "fork needs a prefilled, not yet compressed cache to take another budget or scorer; "
+                "fork() without arguments branches a compressed cache as it is"
+            )
         self._check_uncompressed_prefill("fork")
         twin = EvictionCache(
             self._model,

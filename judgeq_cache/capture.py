@@ -1,23 +1,27 @@
 """Capture post-RoPE queries through transformers' AttentionInterface and turn them into scores.
 
 One mechanism serves every model that calls ``ALL_ATTENTION_FUNCTIONS.get_interface(...)`` (Llama,
-Mistral, Qwen2/3, Gemma2/3, Phi3, ...): while a :class:`AttentionCapture` is active, the model's
-attention function is routed through a wrapper that first scores the queries it receives against
-the keys the cache returned, then calls the original function unchanged. No per-architecture query
-code exists anywhere in the library.
+Mistral, Qwen2/3, Gemma2/3, Phi3, ...): while a :class:`AttentionCapture` is active in the calling
+thread, the model's attention modules are pointed (per call, by :mod:`judgeq_cache.hooks`) at a
+function registered under our own name (:func:`capture_name`) that first scores the queries it
+receives against the keys the cache returned, then calls the original function unchanged. No
+per-architecture query code exists anywhere in the library, and transformers' own tables are only
+ever extended through their public ``register``.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from . import kernels
 
@@ -108,12 +112,6 @@ def fusable(name: str, inner: Callable | None, module: nn.Module, query: torch.T
     )
 
 
-def _registered_function(name: str) -> Callable | None:
-    """What transformers' interface holds for ``name`` (None for the modeling file's own eager)."""
-    local = ALL_ATTENTION_FUNCTIONS._local_mapping
-    return local.get(name, ALL_ATTENTION_FUNCTIONS._global_mapping.get(name))
-
-
 def _modeling_eager(module: nn.Module) -> Callable:
     """The eager attention of ``module``'s modeling file (softcapping etc. included)."""
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -126,32 +124,26 @@ def _modeling_eager(module: nn.Module) -> Callable:
 
 
 class AttentionCapture:
-    """Context manager: while active, score ``plan``'s queries in every attention call of ``names``.
+    """Context manager: while active, score ``plan``'s queries in the attention calls of ``modules``.
 
     ``scores[layer_idx]`` holds ``[B, Hkv, plan.num_out]`` fp32 mean attention probabilities (with
     autograd when the queries require grad, which is how training back-propagates into soft rows).
-    Not thread-safe: the override lives on transformers' shared ``ALL_ATTENTION_FUNCTIONS`` for the
-    duration of the block.
+
+    Whether a capture is active lives in a :class:`contextvars.ContextVar` of the calling thread (or
+    task), never in a process-global table: another thread, or another model in this one, is never
+    scored. The attention modules reach the capture through :mod:`judgeq_cache.hooks`, which points
+    them, for the duration of one call, at a function registered under our own name with transformers'
+    public ``AttentionInterface.register`` (:func:`capture_name`).
     """
 
-    def __init__(self, names: Iterable[str], plan: QueryPlan):
-        self.names = sorted(set(names))
+    def __init__(self, modules: Iterable[nn.Module], plan: QueryPlan):
         self.plan = plan
         self.scores: dict[int, torch.Tensor] = {}
-        self._saved: dict[str, Callable | None] = {}
+        self._modules = frozenset(id(m) for m in modules)
 
-    def _wrap(self, name: str, inner: Callable | None) -> Callable:
-        def capture_then_attend(module, query, key, value, attention_mask, *args, **kwargs):
-            layer_idx = getattr(module, "layer_idx", None)
-            if layer_idx in self.plan.layers:
-                if self.plan.fuse and not args and fusable(name, inner, module, query, kwargs):
-                    self.scores[layer_idx], output = self._score(module, query, key, kwargs, value)
-                    return output, None
-                self.scores[layer_idx] = self._score(module, query, key, kwargs)
-            attend = inner if inner is not None else _modeling_eager(module)
-            return attend(module, query, key, value, attention_mask, *args, **kwargs)
-
-        return capture_then_attend
+    def covers(self, module: nn.Module) -> bool:
+        """Whether this capture scores ``module``'s attention calls."""
+        return id(module) in self._modules and getattr(module, "layer_idx", None) in self.plan.layers
 
     def _score(
         self,
@@ -182,18 +174,51 @@ class AttentionCapture:
         return kernels.attention_scores(query[:, :, plan.query_slice], key, **options)
 
     def __enter__(self) -> AttentionCapture:
-        local = ALL_ATTENTION_FUNCTIONS._local_mapping
-        for name in self.names:
-            # Whatever ran before (a user's own local override included) keeps running underneath.
-            self._saved[name] = local.get(name)
-            local[name] = self._wrap(name, _registered_function(name))
+        _ACTIVE.set((*_ACTIVE.get(), self))
         return self
 
     def __exit__(self, *exc) -> None:
-        local = ALL_ATTENTION_FUNCTIONS._local_mapping
-        for name, saved in self._saved.items():
-            if saved is None:
-                local.pop(name, None)
-            else:
-                local[name] = saved
-        self._saved.clear()
+        _ACTIVE.set(tuple(c for c in _ACTIVE.get() if c is not self))
+
+
+#: The captures active in the current thread / task (see :class:`AttentionCapture`).
+_ACTIVE: ContextVar[tuple[AttentionCapture, ...]] = ContextVar("judgeq_cache_captures", default=())
+#: Prefix of the names under which :func:`capture_name` registers the capturing attention functions.
+CAPTURE_PREFIX = "judgeq_capture:"
+_REGISTER_LOCK = threading.Lock()
+_REGISTERED: set[str] = set()
+
+
+def active_capture(module: nn.Module) -> bool:
+    """Whether a capture active in this thread / task scores ``module``'s attention calls."""
+    return any(capture.covers(module) for capture in _ACTIVE.get())
+
+
+def capture_name(inner: str) -> str:
+    """The attention-implementation name, registered with transformers' public
+    ``AttentionInterface.register``, of a function that scores the active captures' queries and then
+    runs the ``inner`` implementation unchanged (found through the public interface at each call, so
+    a user's own registration keeps running underneath). Outside a capture it is ``inner`` exactly."""
+    name = CAPTURE_PREFIX + inner
+    with _REGISTER_LOCK:
+        if name not in _REGISTERED:
+            AttentionInterface.register(name, _capturing_attention(inner))
+            _REGISTERED.add(name)
+    return name
+
+
+def _capturing_attention(name: str) -> Callable:
+    def capture_then_attend(module, query, key, value, attention_mask, *args, **kwargs):
+        inner = ALL_ATTENTION_FUNCTIONS.get(name)  # None for the modeling file's own eager
+        captures = [c for c in _ACTIVE.get() if c.covers(module)]
+        alone = len(captures) == 1 and captures[0].plan.fuse and not args
+        if alone and fusable(name, inner, module, query, kwargs):
+            scores, output = captures[0]._score(module, query, key, kwargs, value)
+            captures[0].scores[module.layer_idx] = scores
+            return output, None
+        for capture in captures:
+            capture.scores[module.layer_idx] = capture._score(module, query, key, kwargs)
+        attend = inner if inner is not None else _modeling_eager(module)
+        return attend(module, query, key, value, attention_mask, *args, **kwargs)
+
+    return capture_then_attend

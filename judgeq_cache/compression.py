@@ -25,7 +25,7 @@ from . import eviction, triggers
 from .attention_masks import fit_attention_mask
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan
-from .guards import another_model_error, check_generate_mode
+from .guards import another_model_error, check_generate_mode, uses_candidates
 from .layers import EvictableLayer
 from .prefill_record import (
     Drafts,
@@ -57,6 +57,7 @@ class PromptCompression(triggers.EvictionTriggers):
     _base_model: nn.Module
     _evictable: list[int]
     _attn_names: set[str]
+    _attention_modules: list[nn.Module]
     _cache_kwarg: str
     _prefill: PrefillRecord | None
     _drafts: Drafts | None
@@ -66,6 +67,7 @@ class PromptCompression(triggers.EvictionTriggers):
     _dry: bool
     _logits_to_keep: Any
     _forward_depth: int
+    _prefill_failed: bool
     _chunks: triggers.ChunkedPrefill | None
     _manual_chunks: bool
     _decode: triggers.DecodeSchedule | None
@@ -83,6 +85,13 @@ class PromptCompression(triggers.EvictionTriggers):
         are prefill chunks (in a chunked prefill) or tokens added after it."""
         if module is not self._base_model:
             raise another_model_error()
+        if self._forward_depth and not self._dry:
+            self._abandon_forward()  # the last forward never returned (a KeyboardInterrupt skips hooks)
+        if self._prefill_failed and not self._dry:
+            raise RuntimeError(
+                "the prefill forward into this cache raised an exception and left it half filled; "
+                "call cache.reset() before running the prompt again"
+            )
         self._forward_depth += 1
         if self._dry:
             return
@@ -92,7 +101,10 @@ class PromptCompression(triggers.EvictionTriggers):
             self._start_step(args, kwargs)
 
     def _start_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep)
+        # Only a generate call that verifies candidates puts them at the end of the prefill forward;
+        # a direct call's logits_to_keep selects logits and nothing else.
+        candidates = uses_candidates(self._model)
+        prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep if candidates else None)
         if self._manual_chunks:
             self._chunks = triggers.ChunkedPrefill(None)
         else:
@@ -113,6 +125,15 @@ class PromptCompression(triggers.EvictionTriggers):
             window = min(self.scorer.captured_window() or n, n) if source != "all" else n
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
+
+    def _abandon_forward(self) -> None:
+        """Forget a forward that raised past the hooks: its capture ends, a prefill counts as failed."""
+        self._forward_depth = 0
+        capture, self._capture, self._step = self._capture, None, None
+        if capture is not None:
+            capture.__exit__(None, None, None)
+        if self._prefill is not None and not self._compressed:
+            self._prefill_failed = True
 
     def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any = None) -> None:
         """The decoder's forward returned (or raised): compress after the prefill (after each chunk of
@@ -135,6 +156,7 @@ class PromptCompression(triggers.EvictionTriggers):
         if appended:
             self._window = captured
         if not succeeded:
+            self._prefill_failed = True  # half filled: only reset() can make it usable again
             return
         if self._chunks is not None:
             self._after_chunk(None if appended else captured)
@@ -193,7 +215,7 @@ class PromptCompression(triggers.EvictionTriggers):
         logical_mask = torch.cat([record.key_mask, ones], dim=-1)  # what the model's mask code indexes
         key_masks = {i: torch.cat([m, ones[:, -count:].to(m.device)], dim=-1) for i, m in masks.items()}
         plan = QueryPlan(slice(None), None, None, key_masks, self._layer_set(), exclude_tail=count, fuse=True)
-        capture = AttentionCapture(self._attn_names, plan)
+        capture = AttentionCapture(self._attention_modules, plan)
         with self.dry_run(), capture:
             self._base_model(
                 **inputs,

@@ -95,7 +95,9 @@ def read_prefill_call(
     args: tuple, kwargs: dict[str, Any], logits_to_keep: Any
 ) -> tuple[PrefillRecord, Drafts | None]:
     """The prompt and drafts of a prefill forward called with ``args``/``kwargs`` (the decoder's
-    arguments) under the head's ``logits_to_keep``."""
+    arguments); ``logits_to_keep``: the head's, when the running ``generate`` call verifies candidates
+    (:mod:`judgeq_cache.generate_call`), else None (a direct call's ``logits_to_keep`` only selects
+    logits: every token is prompt)."""
     tokens, key = kwargs.get("input_ids"), "input_ids"
     if tokens is None:
         tokens, key = kwargs.get("inputs_embeds"), "inputs_embeds"

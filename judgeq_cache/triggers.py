@@ -8,7 +8,8 @@ selects, the layer compacts); this module only decides *when*:
 - **prefill chunks**: a prefill that arrives in several forwards is evicted after each of them, so the
   cache never stores more than ``budget + chunk`` entries per KV head. A chunked prefill is recognised
   in two ways only, never guessed: ``generate(..., prefill_chunk_size=N)`` on a prompt longer than one
-  chunk (read from the running ``generate`` call, :class:`ChunkedPrefill` with the prompt's length),
+  chunk (the running ``generate`` call's options, recorded by :mod:`judgeq_cache.generate_call`;
+  :class:`ChunkedPrefill` with the prompt's length),
   and forwards inside ``with cache.chunked_prefill():`` (a manual loop; the prefill ends with the
   block). Outside these, forwards after the prefill append (a question, a second turn).
 - **decode steps** (``decode_every=N``): once the prefill is done, every ``N`` tokens added to the
@@ -31,9 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import eviction
+from . import eviction, generate_call
 from .capture import AttentionCapture, QueryPlan
-from .guards import running_generate_call
 from .prefill_record import PrefillRecord, read_tokens_call
 
 
@@ -53,12 +53,10 @@ def generate_chunks(model: nn.Module, first_chunk: int) -> ChunkedPrefill | None
     """The chunked prefill that the running ``generate(..., prefill_chunk_size=N)`` call of ``model`` is
     starting with a ``first_chunk``-token forward; None when no such call runs or the prompt fits in
     one chunk (an ordinary prefill)."""
-    call = running_generate_call(model)
-    config = None if call is None else call.get("generation_config")
-    if getattr(config, "prefill_chunk_size", None) is None:
+    call = generate_call.current(model)
+    if call is None or call.prefill_chunk_size is None:
         return None
-    ids = call.get("input_ids")
-    total = ids.shape[-1] if isinstance(ids, torch.Tensor) else 0
+    total = call.prompt_tokens
     return ChunkedPrefill(total) if total > first_chunk else None
 
 
@@ -149,7 +147,7 @@ class EvictionTriggers:
         if chunk and source != "all":
             window = min(self.scorer.captured_window(), step.length)
         plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
-        self._capture = AttentionCapture(self._attn_names, plan).__enter__()
+        self._capture = AttentionCapture(self._attention_modules, plan).__enter__()
 
     def _after_chunk(self, attention: dict[int, torch.Tensor] | None) -> None:
         """A prefill chunk returned: evict back to the budget; the prefill ends with its last chunk."""
@@ -184,7 +182,12 @@ class EvictionTriggers:
         """Every forward into this empty cache inside the block is one chunk of the prefill: after
         each, the cache scores what it stores plus the chunk and evicts back to the budget (stored
         entries never exceed budget + chunk). The prefill ends with the block; later forwards append
-        (a question, ``generate``)."""
+        (a question, ``generate``).
+
+        In a left-padded batch, a row gets the tokens it gets alone chunked at the same positions:
+        its first chunk holds ``chunk - padding % chunk`` real tokens, so it equals the row run alone
+        with the same chunk size only when its padding is a multiple of the chunk (same for
+        ``generate(..., prefill_chunk_size=N)``)."""
         if self._prefill is not None or self.get_seq_length() > 0:
             raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
         if not self.auto_compress:

@@ -21,6 +21,8 @@ _EXPORTS = {
     "Budget": ".budget",
     "EvictionCache": ".cache",
     "JudgeQCache": ".cache",
+    "DecodeEvery": ".schedule",
+    "Trigger": ".schedule",
     "SCORERS": ".scorers",
     "Scorer": ".scorers",
     "make_scorer": ".scorers",
@@ -29,11 +31,13 @@ _EXPORTS = {
 __all__ = [
     "SCORERS",
     "Budget",
+    "DecodeEvery",
     "EvictionCache",
     "JudgeQAdapter",
     "JudgeQAdapterConfig",
     "JudgeQCache",
     "Scorer",
+    "Trigger",
     "__version__",
     "make_scorer",
 ]
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from .adapter import JudgeQAdapter, JudgeQAdapterConfig
     from .budget import Budget
     from .cache import EvictionCache, JudgeQCache
+    from .schedule import DecodeEvery, Trigger
     from .scorers import SCORERS, Scorer, make_scorer
 
 

@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks, triggers, utils
+from . import hooks, utils
 from .adapter import JudgeQAdapter
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
@@ -31,7 +31,9 @@ from .guards import another_model_error, closed_error
 from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
 from .prefill_record import Drafts, PrefillRecord
 from .rows import BatchRows
+from .schedule import DecodeEvery, Trigger
 from .scorers import JudgeQScorer, Scorer, make_scorer
+from .triggers import ChunkedPrefill, QueryScores
 
 
 class EvictionCache(PromptCompression, BatchRows, DynamicCache):
@@ -84,6 +86,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         KV head, ``T`` the tokens of the largest forward after the prefill (so ``+ decode_every``
         when decoding token by token; a 10-token question right after ``decode_every - 1`` decoded
         tokens reaches the bound). ``None`` (default): evict once, at the prefill, as the paper does.
+    triggers : sequence of Trigger
+        More decode-time triggers (:class:`~judgeq_cache.schedule.Trigger` plug-ins, each one class;
+        ``decode_every=N`` is ``DecodeEvery(N)``): after the prefill, the cache evicts as above
+        whenever one of them says so.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).
 
@@ -112,6 +118,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         *,
         auto_compress: bool = True,
         decode_every: int | None = None,
+        triggers: Sequence[Trigger] = (),
         **scorer_options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -140,6 +147,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._base_model = model.base_model
         self._attn_names = attention_implementations(model)
         self._attention_modules = attention_modules(self._base_model)
+        self._attention_by_layer = {m.layer_idx: m for m in self._attention_modules}
+        self._hidden_states: dict[int, torch.Tensor] = {}
         self._closed = False
         self._cache_kwarg = utils.cache_kwarg(self._base_model)
         self.auto_compress = auto_compress
@@ -155,10 +164,16 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._logits_to_keep: Any = None
         self._forward_depth = 0
         self._prefill_failed = False
-        self._chunks: triggers.ChunkedPrefill | None = None
+        self._chunks: ChunkedPrefill | None = None
         self._manual_chunks = False
-        self._decode = None if decode_every is None else triggers.DecodeSchedule(decode_every)
-        self._decode_scores = triggers.QueryScores()
+        self._triggers: list[Trigger] = [] if decode_every is None else [DecodeEvery(decode_every)]
+        for trigger in triggers:
+            if not isinstance(trigger, Trigger):
+                raise TypeError(
+                    f"triggers must be judgeq_cache.schedule.Trigger instances, got {type(trigger).__name__}"
+                )
+            self._triggers.append(trigger)
+        self._decode_scores = QueryScores()
         self._decode_budgets: list[list[int]] | None = None
         self._step: PrefillRecord | None = None
         hooks.attach(self, model, self._base_model)
@@ -195,6 +210,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self.prompt_length = 0
         self.compression_seconds = 0.0
         self._prefill_failed = False
+        self._hidden_states = {}
         self._prefill = None
         self._drafts = None
         self._window = None
@@ -202,13 +218,19 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._chunks = None
         self._decode_budgets = None
         self._decode_scores.clear()
-        if self._decode is not None:
-            self._decode.since = 0
+        for trigger in self._triggers:
+            trigger.reset()
 
     @property
     def decode_every(self) -> int | None:
         """Tokens between decode-time evictions (None: evict once, at the prefill)."""
-        return None if self._decode is None else self._decode.every
+        every = [t.every for t in self._triggers if isinstance(t, DecodeEvery)]
+        return every[0] if every else None
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """When the compressed cache evicts again (``decode_every=N`` is ``DecodeEvery(N)``)."""
+        return tuple(self._triggers)
 
     def close(self) -> None:
         """Release the model: when no other open cache of it is left, every hook this package put on
@@ -324,6 +346,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         )
         twin.layers = [copy_layer(layer) for layer in self.layers]
         twin._prefill, twin._drafts, twin._window = self._prefill, self._drafts, self._window
+        twin._hidden_states = dict(self._hidden_states)
         twin.prompt_length = self.prompt_length
         return twin
 
@@ -347,7 +370,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
             raise ValueError("caches built for different model instances cannot share a batch")
         if not all(c.is_compressed for c in caches):
             raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
-        if any(c.decode_every is not None for c in caches):
+        if any(c.triggers for c in caches):
             raise ValueError(
                 "stack cannot carry decode-time eviction (each row would need its own scorer and "
                 "positions); decode caches built with decode_every one by one"
@@ -390,6 +413,7 @@ class JudgeQCache(EvictionCache):
         *,
         auto_compress: bool = True,
         decode_every: int | None = None,
+        triggers: Sequence[Trigger] = (),
         **scorer_options: Any,
     ) -> None:
         if not isinstance(adapter, JudgeQAdapter):
@@ -399,7 +423,9 @@ class JudgeQCache(EvictionCache):
             )
         adapter.check_compatible(model)
         scorer = JudgeQScorer(adapter=adapter, **scorer_options)
-        super().__init__(model, budget, scorer, auto_compress=auto_compress, decode_every=decode_every)
+        super().__init__(
+            model, budget, scorer, auto_compress=auto_compress, decode_every=decode_every, triggers=triggers
+        )
 
     @property
     def adapter(self) -> JudgeQAdapter:

@@ -34,6 +34,7 @@ from .prefill_record import (
     rerun_drafts,
     set_aside_drafts,
 )
+from .schedule import Trigger
 from .scorers import Scorer
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ class PromptCompression(triggers.EvictionTriggers):
     _logits_to_keep: Any
     _forward_depth: int
     _prefill_failed: bool
+    _hidden_states: dict[int, torch.Tensor]
+    _attention_by_layer: dict[int, nn.Module]
     _chunks: triggers.ChunkedPrefill | None
     _manual_chunks: bool
-    _decode: triggers.DecodeSchedule | None
+    _triggers: list[Trigger]
     _decode_scores: triggers.QueryScores
     _decode_budgets: list[list[int]] | None
     _step: PrefillRecord | None
@@ -112,17 +115,17 @@ class PromptCompression(triggers.EvictionTriggers):
         chunked = self._chunks is not None
         would_evict = chunked or eviction.any_evicts(self._row_budgets(prefill), prefill)
         evicts = self.auto_compress and would_evict
-        if evicts or self._decode is not None:
-            every = None if self._decode is None else self._decode.every
+        if evicts or self._triggers:
             count = 0 if drafts is None else drafts.count
-            check_generate_mode(self._model, self.layers, count, chunked=chunked, decode_every=every)
+            check_generate_mode(
+                self._model, self.layers, count, chunked=chunked, evicts_later=bool(self._triggers)
+            )
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
-        source = self.scorer.query_source
+        need = self.scorer.queries()
         # A hybrid scorer's window is captured even with auto_compress=False: a later compress() needs it.
-        mixes_window = source == "appended" and self.scorer.captured_window() and would_evict
-        if (evicts and source in ("window", "all")) or mixes_window:
-            window = min(self.scorer.captured_window() or n, n) if source != "all" else n
+        if (evicts and need.prompt) or (need.hybrid and would_evict):
+            window = n if need.every_query else min(need.last or n, n)
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
 
@@ -148,7 +151,7 @@ class PromptCompression(triggers.EvictionTriggers):
             capture.__exit__(None, None, None)
         step, self._step = self._step, None
         captured = capture.scores if capture is not None and succeeded else None
-        appended = self.scorer.query_source == "appended"
+        appended = self.scorer.queries().appended
         if self._compressed:
             if succeeded and step is not None:
                 self._after_decode_step(step, captured)
@@ -177,6 +180,9 @@ class PromptCompression(triggers.EvictionTriggers):
         layer = self.layers[layer_idx]
         if isinstance(layer, EvictableLayer) and isinstance(hidden, torch.Tensor):
             fit_attention_mask(layer, kwargs, hidden, self._ragged, self._attn_names)
+            prefill = not (self._dry or self._compressed or self._chunks is not None)
+            if prefill and self.scorer.needs_hidden_states and layer_idx in self._evictable:
+                self._hidden_states[layer_idx] = hidden.detach()  # kvpress-style scorers read them
 
     # ------------------------------------------------------------------ scoring and eviction
     def _row_budgets(self, prefill: PrefillRecord) -> list[list[int]]:
@@ -265,6 +271,7 @@ class PromptCompression(triggers.EvictionTriggers):
                 hidden = rerun_drafts(self._base_model, self._cache_kwarg, self, drafts)
         self._compressed = True
         self._drafts = None
+        self._hidden_states = {}
         self.compression_seconds = time.perf_counter() - start
         logger.debug(
             "%s: kept %s of %d prompt entries per head in %d layers (%.1f ms)",
@@ -301,11 +308,11 @@ class PromptCompression(triggers.EvictionTriggers):
         ]
         if not due:
             return
-        source = scorer.query_source
-        if attention is None and source == "appended":
+        need = scorer.queries()
+        if attention is None and need.appended:
             rows = self._prefill.key_mask.shape[0]
             attention = self._appended_scores(scorer.appended_inputs(rows, self._base_model), masks)
-        if attention is None and source != "none":
+        if attention is None and need.any:
             raise RuntimeError(
                 f"scorer {scorer.name!r} needs the prompt's queries, which are captured during the "
                 "prefill forward; with auto_compress=False pass them to compress(attention=...)"
@@ -315,7 +322,20 @@ class PromptCompression(triggers.EvictionTriggers):
             positions = eviction.stored_positions(layer, self.kept_indices.get(layer_idx))
             scores = None if attention is None else attention.get(layer_idx)
             recent = None if window is None else window.get(layer_idx)
-            kept = eviction.evict_layer(layer_idx, layer, rows, scorer, scores, masks[layer_idx], recent)
+            hidden = self._hidden_states.get(layer_idx)
+            if hidden is not None and hidden.shape[1] != layer.stored_length:
+                hidden = hidden[:, : layer.stored_length] if not self._compressed else None
+            kept = eviction.evict_layer(
+                layer_idx,
+                layer,
+                rows,
+                scorer,
+                scores,
+                masks[layer_idx],
+                recent,
+                module=self._attention_by_layer.get(layer_idx),
+                hidden_states=hidden,
+            )
             if kept is None:
                 continue
             if positions is None:  # a stacked cache: the positions of its kept slots are not known

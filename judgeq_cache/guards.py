@@ -21,20 +21,21 @@ def check_generate_mode(
     drafts: int,
     *,
     chunked: bool = False,
-    decode_every: int | None = None,
+    evicts_later: bool = False,
 ) -> None:
     """Refuse, before anything runs, the ``generate`` modes in which eviction cannot be exact.
 
     ``layers`` are the cache's layers; ``drafts`` counts the candidate tokens in the prefill forward;
-    ``chunked``: the prefill arrives in several forwards; ``decode_every``: decode-time eviction.
+    ``chunked``: the prefill arrives in several forwards; ``evicts_later``: decode-time eviction (the
+    cache has triggers, e.g. ``decode_every``).
     """
-    candidates = drafts > 0 or ((chunked or decode_every is not None) and uses_candidates(model))
+    candidates = drafts > 0 or ((chunked or evicts_later) and uses_candidates(model))
     if candidates and chunked:
         raise NotImplementedError(
             "EvictionCache cannot evict during a chunked prefill in assisted decoding / prompt lookup; pass "
             "prefill_chunk_size=None, or generate without assistant_model / prompt_lookup_num_tokens"
         )
-    if candidates and decode_every is not None:
+    if candidates and evicts_later:
         raise NotImplementedError(
             "decode-time eviction (decode_every) cannot run with assisted decoding / prompt lookup: generate "
             "crops rejected candidates, and entries evicted meanwhile cannot come back; use decode_every=None "

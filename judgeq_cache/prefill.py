@@ -96,22 +96,23 @@ class SharedPrefill:
         scorer = make_scorer(scorer, **options)
         cache = self._base.fork(budget, scorer)
         attention = window = None
-        if scorer.captured_window():
-            size = min(scorer.captured_window(), self.prompt_length)
+        need = scorer.queries()
+        if need.last:
+            size = min(need.last, self.prompt_length)
             if size not in self.attention["window"]:
                 raise ValueError(
                     f"{scorer.name} uses a {scorer.window_size}-query window but this prefill captured "
                     f"{self.window_sizes}; pass window_size={scorer.window_size} to SharedPrefill"
                 )
             window = self.attention["window"][size]
-        if scorer.query_source == "window":
-            attention, window = window, None
-        elif scorer.query_source == "all":
+        if need.every_query:
             attention = self.attention["all"]
             if attention is None:
                 raise ValueError(
                     f"{scorer.name} needs every prompt query: create SharedPrefill(all_queries=True)"
                 )
+        elif need.prompt:
+            attention, window = window, None
         cache.compress(attention, window)
         return cache
 

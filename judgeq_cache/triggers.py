@@ -12,8 +12,9 @@ selects, the layer compacts); this module only decides *when*:
   :class:`ChunkedPrefill` with the prompt's length),
   and forwards inside ``with cache.chunked_prefill():`` (a manual loop; the prefill ends with the
   block). Outside these, forwards after the prefill append (a question, a second turn).
-- **decode steps** (``decode_every=N``): once the prefill is done, every ``N`` tokens added to the
-  cache (:class:`DecodeSchedule`).
+- **after the prefill** (``decode_every=N``, or any :class:`~judgeq_cache.schedule.Trigger`): once the
+  prefill is done, whenever one of the cache's triggers says so (:class:`~judgeq_cache.schedule.DecodeEvery`:
+  every ``N`` tokens added to the cache).
 
 :class:`EvictionTriggers` is the part of the cache that reacts to the forwards after the first one.
 Scorers that read queries get them from the forward that triggers: the last window of a chunk's
@@ -35,6 +36,7 @@ from torch import nn
 from . import eviction, generate_call
 from .capture import AttentionCapture, QueryPlan
 from .prefill_record import PrefillRecord, read_tokens_call
+from .schedule import Trigger
 
 
 @dataclass
@@ -58,29 +60,6 @@ def generate_chunks(model: nn.Module, first_chunk: int) -> ChunkedPrefill | None
         return None
     total = call.prompt_tokens
     return ChunkedPrefill(total) if total > first_chunk else None
-
-
-@dataclass
-class DecodeSchedule:
-    """``decode_every=N``: evict once ``N`` tokens were added since the last eviction (or since the
-    prefill)."""
-
-    every: int
-    since: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(
-                f"decode_every must be a positive int (tokens between evictions), got {self.every!r}"
-            )
-
-    def add(self, tokens: int) -> bool:
-        """Count ``tokens`` added; True when an eviction is due (the count starts again)."""
-        self.since += tokens
-        if self.since < self.every:
-            return False
-        self.since = 0
-        return True
 
 
 @dataclass
@@ -117,7 +96,7 @@ class EvictionTriggers:
 
     _chunks: ChunkedPrefill | None
     _manual_chunks: bool
-    _decode: DecodeSchedule | None
+    _triggers: list[Trigger]
     _decode_scores: QueryScores
     _decode_budgets: list[list[int]] | None
     _step: PrefillRecord | None
@@ -132,20 +111,19 @@ class EvictionTriggers:
             self._step = step
             self._prefill = self._prefill.extend(step)
             self.prompt_length = self._prefill.length
-        elif self._decode is not None:
+        elif self._triggers:
             self._step = step
         else:
             return
-        source = self.scorer.query_source
-        hybrid = source == "appended" and self.scorer.captured_window() > 0
-        if source not in ("window", "all") and not hybrid:
+        need = self.scorer.queries()
+        if not need.prompt and not need.hybrid:
             return
-        if chunk and not self.auto_compress and not hybrid:  # (a hybrid's later compress() needs it)
+        if chunk and not self.auto_compress and not need.hybrid:  # (a hybrid's later compress() needs it)
             return
         masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
         window = step.length
-        if chunk and source != "all":
-            window = min(self.scorer.captured_window(), step.length)
+        if chunk and not need.every_query:
+            window = min(need.last, step.length)
         plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
         self._capture = AttentionCapture(self._attention_modules, plan).__enter__()
 
@@ -160,12 +138,13 @@ class EvictionTriggers:
             self._finish_chunks()
 
     def _after_decode_step(self, step: PrefillRecord, attention: dict[int, torch.Tensor] | None) -> None:
-        """Tokens were added after the prefill: count them, evict when ``decode_every`` is due."""
-        if self._decode is None:
+        """Tokens were added after the prefill: tell every trigger, evict when one of them says so."""
+        if not self._triggers:
             return
         if attention is not None:
             self._decode_scores.add(attention, step.length)
-        if self._decode.add(step.length):
+        due = [trigger.after_forward(step.length) for trigger in self._triggers]  # each one counts
+        if any(due):
             with torch.no_grad():
                 self._evict_decode()
 
@@ -211,7 +190,7 @@ class EvictionTriggers:
         self._decode_scores.clear()
         start = time.perf_counter()
         scorer = self.scorer.for_decoding()
-        if scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
+        if scorer.queries().appended:  # a hybrid scorer mixes them into its own
             self._evict_stored(self._decode_budgets, None, queries, scorer=scorer)
         else:
             self._evict_stored(self._decode_budgets, queries, scorer=scorer)

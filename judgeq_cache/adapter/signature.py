@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils import text_config
+from ..utils import text_config
 
 #: Config entries compared by :func:`signature_differences` (besides the embedding norms).
 _SIGNATURE_SIZES = (

@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "JudgeQAdapter": ".adapter",
     "JudgeQAdapterConfig": ".adapter",
-    "Budget": ".budget",
-    "EvictionCache": ".cache",
-    "JudgeQCache": ".cache",
-    "DecodeEvery": ".schedule",
-    "Trigger": ".schedule",
+    "Budget": ".cache.budget",
+    "EvictionCache": ".cache.eviction_cache",
+    "JudgeQCache": ".cache.eviction_cache",
+    "DecodeEvery": ".cache.schedule",
+    "Trigger": ".cache.schedule",
     "SCORERS": ".scorers",
     "Scorer": ".scorers",
     "make_scorer": ".scorers",
@@ -44,9 +44,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .adapter import JudgeQAdapter, JudgeQAdapterConfig
-    from .budget import Budget
-    from .cache import EvictionCache, JudgeQCache
-    from .schedule import DecodeEvery, Trigger
+    from .cache.budget import Budget
+    from .cache.eviction_cache import EvictionCache, JudgeQCache
+    from .cache.schedule import DecodeEvery, Trigger
     from .scorers import SCORERS, Scorer, make_scorer
 
 

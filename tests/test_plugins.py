@@ -12,7 +12,7 @@ from test_bounded import record_keys_attended
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache, Trigger
-from judgeq_cache.capture import attention_modules
+from judgeq_cache.cache.capture import attention_modules
 from judgeq_cache.scorers import LayerInputs, Scorer
 
 

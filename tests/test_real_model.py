@@ -8,7 +8,7 @@ import torch
 from conftest import cache_kwargs
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.prefill import SharedPrefill
+from judgeq_cache.cache.prefill import SharedPrefill
 
 pytestmark = pytest.mark.real_model
 
@@ -86,7 +86,7 @@ def test_fused_soft_pass_keeps_the_same_entries_on_the_embedded_model(embedded, 
     exactly what letting the model's own sdpa run keeps, in every layer."""
     from pathlib import Path
 
-    from judgeq_cache import capture
+    from judgeq_cache.cache import capture
 
     model, _ = embedded
     adapter = JudgeQAdapter.from_pretrained(Path(__file__).parents[1] / "adapters" / "smollm2-135m-instruct")

@@ -14,8 +14,9 @@ from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import judgeq_cache
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, hooks
-from judgeq_cache.capture import attention_modules
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.cache import hooks
+from judgeq_cache.cache.capture import attention_modules
 
 ROUNDS = 20
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..budget import Budget
+from ..cache.budget import Budget
 
 #: Where a scorer's queries come from.
 #: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);

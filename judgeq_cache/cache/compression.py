@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..scorers import Scorer
 from . import eviction, triggers
 from .attention_masks import fit_attention_mask
 from .budget import Budget
@@ -35,7 +36,6 @@ from .prefill_record import (
     set_aside_drafts,
 )
 from .schedule import Trigger
-from .scorers import Scorer
 
 logger = logging.getLogger(__name__)
 

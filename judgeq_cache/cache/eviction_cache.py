@@ -22,8 +22,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks, utils
-from .adapter import JudgeQAdapter
+from .. import utils
+from ..adapter import JudgeQAdapter
+from ..scorers import JudgeQScorer, Scorer, make_scorer
+from . import hooks
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
 from .compression import PromptCompression
@@ -32,7 +34,6 @@ from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_
 from .prefill_record import Drafts, PrefillRecord
 from .rows import BatchRows
 from .schedule import DecodeEvery, Trigger
-from .scorers import JudgeQScorer, Scorer, make_scorer
 from .triggers import ChunkedPrefill, QueryScores
 
 
@@ -430,3 +431,7 @@ class JudgeQCache(EvictionCache):
     @property
     def adapter(self) -> JudgeQAdapter:
         return self.scorer.adapter
+
+
+# The public import path (``from judgeq_cache.cache import EvictionCache``), also for pickling.
+EvictionCache.__module__ = JudgeQCache.__module__ = "judgeq_cache.cache"

@@ -16,11 +16,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from . import kernels
+from .. import kernels
+from ..scorers import LayerInputs, Scorer
 from .budget import Budget
 from .layers import EvictableLayer
 from .prefill_record import PrefillRecord
-from .scorers import LayerInputs, Scorer
 
 
 def row_budgets(scorer: Scorer, budget: Budget, record: PrefillRecord, num_layers: int) -> list[list[int]]:

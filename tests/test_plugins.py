@@ -64,8 +64,8 @@ class HiddenKeyNormScorer(Scorer):
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         assert inputs.module is not None and inputs.module.layer_idx == inputs.layer_idx
-        hidden = inputs.hidden_states.norm(dim=-1)[:, None, :]  # [B, 1, N]
-        return inputs.keys.norm(dim=-1) * hidden
+        hidden = inputs.hidden_states[..., :4].sum(dim=-1)[:, None, :]  # [B, 1, N]
+        return inputs.keys.norm(dim=-1) + hidden
 
 
 def test_a_toy_scorer_from_hidden_states_and_keys_keeps_its_own_top_k_in_generate():
@@ -89,6 +89,6 @@ def test_a_toy_scorer_from_hidden_states_and_keys_keeps_its_own_top_k_in_generat
     model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
     for layer, kept in cache.kept_indices.items():
         keys = dynamic.layers[layer].keys
-        score = keys.norm(dim=-1) * inputs[layer].norm(dim=-1)[:, None, :]
+        score = keys.norm(dim=-1) + inputs[layer][..., :4].sum(dim=-1)[:, None, :]
         want = score.topk(8, dim=-1).indices.sort(dim=-1).values
         assert torch.equal(kept, want), layer

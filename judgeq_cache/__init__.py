@@ -20,7 +20,7 @@ _EXPORTS = {
     "JudgeQAdapterConfig": ".adapter",
     "Budget": ".cache.budget",
     "EvictionCache": ".cache.eviction_cache",
-    "JudgeQCache": ".cache.eviction_cache",
+    "JudgeQCache": ".cache.judgeq",
     "DecodeEvery": ".cache.schedule",
     "Trigger": ".cache.schedule",
     "SCORERS": ".scorers",
@@ -45,7 +45,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .adapter import JudgeQAdapter, JudgeQAdapterConfig
     from .cache.budget import Budget
-    from .cache.eviction_cache import EvictionCache, JudgeQCache
+    from .cache.eviction_cache import EvictionCache
+    from .cache.judgeq import JudgeQCache
     from .cache.schedule import DecodeEvery, Trigger
     from .scorers import SCORERS, Scorer, make_scorer
 

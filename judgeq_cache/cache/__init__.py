@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 #: Public name -> the module of this package that defines it.
 _EXPORTS = {
     "EvictionCache": ".eviction_cache",
-    "JudgeQCache": ".eviction_cache",
+    "JudgeQCache": ".judgeq",
     "Budget": ".budget",
     "SharedPrefill": ".prefill",
     "Trigger": ".schedule",
@@ -23,7 +23,8 @@ __all__ = ["Budget", "DecodeEvery", "EvictionCache", "JudgeQCache", "SharedPrefi
 
 if TYPE_CHECKING:
     from .budget import Budget
-    from .eviction_cache import EvictionCache, JudgeQCache
+    from .eviction_cache import EvictionCache
+    from .judgeq import JudgeQCache
     from .prefill import SharedPrefill
     from .schedule import DecodeEvery, Trigger
 

@@ -1,15 +1,8 @@
-"""EvictionCache: a DynamicCache that prunes the prompt's KV right after prefill; JudgeQCache.
+"""EvictionCache: a DynamicCache that prunes the prompt's KV right after prefill.
 
-As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`~judgeq_cache.layers`, where
-each layer's state lives). This module holds the class, the cache API and the public surface the rest
-of the package builds on; the rest is done by modules with one job each:
-:mod:`~judgeq_cache.compression` (reacting to forwards: record the prefill, compress when it returns;
-the one eviction path), :mod:`~judgeq_cache.triggers` (when else to evict: prefill chunks, decode
-steps), :mod:`~judgeq_cache.rows` (beam reorder and row operations on the state beside the layers),
-:mod:`~judgeq_cache.prefill_record` (the prompt and drafts of the prefill forward),
-:mod:`~judgeq_cache.eviction` (selection per row and compaction), :mod:`~judgeq_cache.guards` (calls it
-refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
-:mod:`~judgeq_cache.hooks` (the model hooks that call the cache).
+As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`.layers`). This module holds
+the class and its public surface; what it does on each forward lives in :mod:`.compression` and
+:mod:`.triggers` (see ``docs/architecture.md`` for the data flow and every module's one job).
 """
 
 from __future__ import annotations
@@ -23,17 +16,16 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from .. import utils
-from ..adapter import JudgeQAdapter
-from ..scorers import JudgeQScorer, Scorer, make_scorer
+from ..scorers import Scorer, make_scorer
 from . import hooks
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
 from .compression import PromptCompression
 from .guards import another_model_error, closed_error
-from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
-from .prefill_record import Drafts, PrefillRecord
-from .rows import BatchRows
-from .schedule import DecodeEvery, Trigger
+from .layers import EvictableLayer, copy_layer, peek_layer, query_length
+from .prefill_record import Drafts, PrefillRecord, load_layers
+from .rows import BatchRows, stack_caches
+from .schedule import DecodeEvery, Trigger, make_triggers
 from .triggers import ChunkedPrefill, QueryScores
 
 
@@ -51,18 +43,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     compressed, and they are run again over the compressed prompt, so their logits and entries are
     those of a forward after compression and ``generate`` can crop the rejected ones.
 
-    Bounded memory (:mod:`~judgeq_cache.triggers`): a chunked prefill (``generate(...,
-    prefill_chunk_size=N)``, or forwards inside ``with cache.chunked_prefill():``) is evicted after
-    every chunk, so the cache never stores more than budget + chunk entries per KV head; with
-    ``decode_every=N`` the cache evicts back to the budget every ``N`` tokens added after the prefill.
-
-    What ``generate`` does not pass to the model (``prefill_chunk_size``, whether the prefill forward
-    carries assisted-decoding candidates) is read from the running ``model.generate`` call through a
-    thin wrapper on the model instance (:mod:`~judgeq_cache.generate_call`), never guessed; a direct
-    ``model(...)`` call's ``logits_to_keep`` only selects logits. The hooks and that wrapper are shared
-    by the model's open caches and removed when the last one is closed (:meth:`close`, or ``with
-    EvictionCache(...) as cache:``). Query capture is per thread: caches on different models may run
-    in different threads, beside plain models.
+    A chunked prefill is evicted after every chunk (:meth:`chunked_prefill`); see ``decode_every`` and
+    ``triggers`` for eviction after the prefill. What ``generate`` does not pass to the model
+    (``prefill_chunk_size``, candidates) comes from a thin wrapper on ``model.generate``
+    (:mod:`.generate_call`), never guessed; query capture is per thread; :meth:`close` removes the hooks.
 
     Parameters
     ----------
@@ -104,11 +88,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     prompt_length : int
         Tokens in the compressed prompt (0 before prefill; in a chunked prefill, the chunks so far).
 
-    The public surface other modules build on: :attr:`evictable_layers`, :attr:`cache_kwarg`,
-    :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`, :meth:`chunked_prefill`,
-    :meth:`load_prefill`, :meth:`fork`, :meth:`skip_compression`, :meth:`stack`,
-    :meth:`appended_attention`, :meth:`compress`. The ``on_*`` methods are the hook protocol
-    (:mod:`judgeq_cache.hooks`), called by the model's hooks, not by users.
+    The ``on_*`` methods are the hook protocol (:mod:`.hooks`), called by the model's hooks, not by users.
     """
 
     def __init__(
@@ -167,13 +147,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._prefill_failed = False
         self._chunks: ChunkedPrefill | None = None
         self._manual_chunks = False
-        self._triggers: list[Trigger] = [] if decode_every is None else [DecodeEvery(decode_every)]
-        for trigger in triggers:
-            if not isinstance(trigger, Trigger):
-                raise TypeError(
-                    f"triggers must be judgeq_cache.schedule.Trigger instances, got {type(trigger).__name__}"
-                )
-            self._triggers.append(trigger)
+        self._triggers: list[Trigger] = make_triggers(decode_every, triggers)
         self._decode_scores = QueryScores()
         self._decode_budgets: list[list[int]] | None = None
         self._step: PrefillRecord | None = None
@@ -306,15 +280,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         compressed (call :meth:`compress`, or use :meth:`appended_attention`)."""
         if self._prefill is not None or self.get_seq_length() > 0:
             raise RuntimeError("load_prefill needs an empty cache")
-        if len(keys_values) != len(self.layers):
-            raise ValueError(f"got KV for {len(keys_values)} layers, the model has {len(self.layers)}")
-        bsz, _, n, _ = keys_values[0][0].shape
-        if key_mask is None:
-            key_mask = torch.ones((bsz, n), dtype=torch.bool, device=keys_values[0][0].device)
-        self._prefill = PrefillRecord(n, key_mask.bool(), position_ids)
-        self.prompt_length = n
-        for layer, (keys, values) in zip(self.layers, keys_values):
-            layer.update(keys, values)
+        self._prefill = load_layers(self.layers, keys_values, key_mask, position_ids)
+        self.prompt_length = self._prefill.length
 
     def fork(
         self,
@@ -364,30 +331,9 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         forward (rows never interact: the result equals decoding each alone). The caches must be
         compressed, built for one model from prompts of one length, and store the same number of
         entries in each layer; they are left as they are. The result has no ``kept_indices``."""
-        if not caches:
-            raise ValueError("stack needs at least one cache")
-        first = caches[0]
-        if any(c._model is not first._model for c in caches):
-            raise ValueError("caches built for different model instances cannot share a batch")
-        if not all(c.is_compressed for c in caches):
-            raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
-        if any(c.triggers for c in caches):
-            raise ValueError(
-                "stack cannot carry decode-time eviction (each row would need its own scorer and "
-                "positions); decode caches built with decode_every one by one"
-            )
-        lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
-        if len(lengths) > 1:
-            raise ValueError(
-                "caches store different numbers of entries per layer and cannot share a batch; "
-                "group them by budget and layer budgets first"
-            )
-        merged = EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
-        merged.layers = [stack_layers([c.layers[i] for c in caches]) for i in range(len(first.layers))]
-        merged._prefill = PrefillRecord.concatenate([c._prefill for c in caches])
-        merged.prompt_length = first.prompt_length
-        merged._compressed = True
-        return merged
+        return stack_caches(
+            caches, lambda first: EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
+        )
 
     def _check_uncompressed_prefill(self, what: str) -> None:
         if self._prefill is None or self._compressed:
@@ -399,39 +345,5 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         return frozenset(self._evictable)
 
 
-class JudgeQCache(EvictionCache):
-    """Eviction scored by a trained :class:`JudgeQAdapter`'s soft tokens.
-
-    ``JudgeQCache(model, JudgeQAdapter.from_pretrained(path), budget=512)`` then
-    ``model.generate(**inputs, past_key_values=cache)``.
-    """
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        adapter: JudgeQAdapter,
-        budget: int | float | Budget,
-        *,
-        auto_compress: bool = True,
-        decode_every: int | None = None,
-        triggers: Sequence[Trigger] = (),
-        **scorer_options: Any,
-    ) -> None:
-        if not isinstance(adapter, JudgeQAdapter):
-            raise TypeError(
-                f"JudgeQCache needs a JudgeQAdapter, got {type(adapter).__name__}; "
-                "use JudgeQAdapter.from_pretrained(path_or_hub_id) or JudgeQAdapter.init_for(model)"
-            )
-        adapter.check_compatible(model)
-        scorer = JudgeQScorer(adapter=adapter, **scorer_options)
-        super().__init__(
-            model, budget, scorer, auto_compress=auto_compress, decode_every=decode_every, triggers=triggers
-        )
-
-    @property
-    def adapter(self) -> JudgeQAdapter:
-        return self.scorer.adapter
-
-
 # The public import path (``from judgeq_cache.cache import EvictionCache``), also for pickling.
-EvictionCache.__module__ = JudgeQCache.__module__ = "judgeq_cache.cache"
+EvictionCache.__module__ = "judgeq_cache.cache"

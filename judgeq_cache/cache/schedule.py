@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 
 class Trigger(ABC):
@@ -64,3 +65,13 @@ class DecodeEvery(Trigger):
 
     def __repr__(self) -> str:
         return f"DecodeEvery({self.every})"
+
+
+def make_triggers(decode_every: int | None, triggers: Sequence[Trigger]) -> list[Trigger]:
+    """A cache's triggers: ``DecodeEvery(decode_every)`` (unless None), then ``triggers``."""
+    made = [] if decode_every is None else [DecodeEvery(decode_every)]
+    for trigger in triggers:
+        if not isinstance(trigger, Trigger):
+            raise TypeError(f"triggers must be judgeq_cache.Trigger instances, got {type(trigger).__name__}")
+        made.append(trigger)
+    return made

@@ -84,12 +84,11 @@ def test_judgeq_cache_two_line_api_on_the_embedded_model(embedded, needle_prompt
 def test_fused_soft_pass_keeps_the_same_entries_on_the_embedded_model(embedded, needle_prompt, monkeypatch):
     """The bundled adapter at 10 % kept on the 2k needle prompt: the one-softmax soft-token pass keeps
     exactly what letting the model's own sdpa run keeps, in every layer."""
-    from pathlib import Path
 
     from judgeq_cache.cache import capture
 
     model, _ = embedded
-    adapter = JudgeQAdapter.from_pretrained(Path(__file__).parents[1] / "adapters" / "smollm2-135m-instruct")
+    adapter = JudgeQAdapter.from_pretrained("smollm2-135m-instruct")  # the bundled adapter (package data)
     kept = {}
     for fuse in (False, True):
         if not fuse:

@@ -18,9 +18,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "JudgeQAdapter": ".adapter",
     "JudgeQAdapterConfig": ".adapter",
-    "Budget": ".budget",
-    "EvictionCache": ".cache",
-    "JudgeQCache": ".cache",
+    "Budget": ".cache.budget",
+    "EvictionCache": ".cache.eviction_cache",
+    "JudgeQCache": ".cache.judgeq",
+    "DecodeEvery": ".cache.schedule",
+    "Trigger": ".cache.schedule",
     "SCORERS": ".scorers",
     "Scorer": ".scorers",
     "make_scorer": ".scorers",
@@ -29,19 +31,23 @@ _EXPORTS = {
 __all__ = [
     "SCORERS",
     "Budget",
+    "DecodeEvery",
     "EvictionCache",
     "JudgeQAdapter",
     "JudgeQAdapterConfig",
     "JudgeQCache",
     "Scorer",
+    "Trigger",
     "__version__",
     "make_scorer",
 ]
 
 if TYPE_CHECKING:
     from .adapter import JudgeQAdapter, JudgeQAdapterConfig
-    from .budget import Budget
-    from .cache import EvictionCache, JudgeQCache
+    from .cache.budget import Budget
+    from .cache.eviction_cache import EvictionCache
+    from .cache.judgeq import JudgeQCache
+    from .cache.schedule import DecodeEvery, Trigger
     from .scorers import SCORERS, Scorer, make_scorer
 
 

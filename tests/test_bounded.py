@@ -13,8 +13,9 @@ from conftest import ARCHS, cache_kwargs, make_model
 from reference import keep_masks, masked_logits_per_step
 from test_cache import build_cache, prompt
 
-from judgeq_cache import Budget, eviction
-from judgeq_cache.capture import attention_modules
+from judgeq_cache import Budget
+from judgeq_cache.cache import eviction
+from judgeq_cache.cache.capture import attention_modules
 
 SCORERS = [
     "judgeq",

@@ -9,8 +9,9 @@ from reference import keep_masks, masked_logits, one_pass_soft_attention
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache, prefill_record
-from judgeq_cache.layers import EvictableLayer
+from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
+from judgeq_cache.cache import prefill_record
+from judgeq_cache.cache.layers import EvictableLayer
 
 SCORERS = ["judgeq", "judgeq-hybrid", "snapkv", "streamingllm", "h2o", "pyramidkv", "random", "oracle"]
 
@@ -107,7 +108,7 @@ def test_judgeq_two_pass_scores_equal_one_pass_reference(arch):
 def test_fused_soft_pass_equals_the_models_own_attention(arch, attn, monkeypatch):
     """The appended pass takes its attention output from the scoring softmax (one softmax, not two):
     same scores as letting the model's attention function run, on a left-padded batch."""
-    from judgeq_cache import capture
+    from judgeq_cache.cache import capture
 
     model = make_model(arch, attn=attn)
     ids = prompt(batch=2, length=30)

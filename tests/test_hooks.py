@@ -9,8 +9,9 @@ import torch
 from conftest import cache_kwargs, make_model
 from transformers import DynamicCache
 
-from judgeq_cache import EvictionCache, compression
-from judgeq_cache.capture import attention_modules
+from judgeq_cache import EvictionCache
+from judgeq_cache.cache import compression
+from judgeq_cache.cache.capture import attention_modules
 
 PROTOCOL = ("on_model_call", "on_forward_start", "on_forward_end", "on_attention_call")
 

@@ -7,7 +7,7 @@ import torch
 from conftest import cache_kwargs, make_model
 
 from judgeq_cache import EvictionCache, JudgeQAdapter
-from judgeq_cache.prefill import SharedPrefill
+from judgeq_cache.cache.prefill import SharedPrefill
 
 
 def prefilled(arch: str, seed: int):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from reference import keep_masks, masked_logits
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.budget import Budget
+from judgeq_cache.cache.budget import Budget
 
 _MODELS: dict = {}
 

@@ -201,7 +201,7 @@ def test_metric_agreement_separates_a_predictive_metric_from_noise():
 def test_hybrid_judgeq_mixes_the_last_querys_attention_and_prefill_sharing_agrees(arch):
     """window_weight mixes the last prompt query's attention (captured in the prefill) into the soft
     tokens' scores: the cache keeps the top of exactly that mix, and a SharedPrefill copy keeps the same."""
-    from judgeq_cache.prefill import SharedPrefill
+    from judgeq_cache.cache.prefill import SharedPrefill
 
     model = make_model(arch)
     adapter = JudgeQAdapter.init_for(model, 4)

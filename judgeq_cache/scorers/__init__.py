@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .attention import AttentionScorer, H2OScorer, OracleScorer, SnapKVScorer, TOVAScorer
-from .base import LayerInputs, QuerySource, Scorer
+from .base import LayerInputs, QueryNeeds, QuerySource, Scorer
 from .judgeq import JudgeQScorer
 from .positional import RandomScorer, StreamingLLMScorer
 from .pyramidkv import PyramidKVScorer
@@ -46,6 +46,7 @@ __all__ = [
     "LayerInputs",
     "OracleScorer",
     "PyramidKVScorer",
+    "QueryNeeds",
     "QuerySource",
     "RandomScorer",
     "Scorer",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..devices import input_device
-from .base import LayerInputs, QuerySource, Scorer
+from .base import LayerInputs, QueryNeeds, QuerySource, Scorer
 
 
 @dataclass(kw_only=True)
@@ -17,6 +17,9 @@ class AttentionScorer(Scorer):
     """Score = mean attention of the scorer's queries (whatever their source) over the prompt."""
 
     query_source: ClassVar[QuerySource] = "window"
+
+    def queries(self) -> QueryNeeds:
+        return QueryNeeds(prompt=True, last=self.window_size)
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         if inputs.attention is None:
@@ -61,6 +64,9 @@ class H2OScorer(AttentionScorer):
     name: ClassVar[str] = "h2o"
     query_source: ClassVar[QuerySource] = "all"
 
+    def queries(self) -> QueryNeeds:
+        return QueryNeeds(prompt=True, every_query=True)
+
     def protected_counts(self, budget: int) -> tuple[int, int]:
         # ``recent_tokens`` (0 by default; ``decode_recent_tokens`` at decode steps) can only add to the ratio.
         return self.sink_tokens, max(self.recent_count(budget), int(budget * self.recent_ratio))
@@ -74,6 +80,9 @@ class OracleScorer(AttentionScorer):
     future_ids: torch.Tensor | None = None
     name: ClassVar[str] = "oracle"
     query_source: ClassVar[QuerySource] = "appended"
+
+    def queries(self) -> QueryNeeds:
+        return QueryNeeds(appended=True)
 
     def appended_length(self) -> int:
         return 0 if self.future_ids is None else self.future_ids.shape[-1]

@@ -11,13 +11,49 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..budget import Budget
+from ..cache.budget import Budget
 from ..tensor_parallel import HeadShards, mean_over_heads
 
 #: Where a scorer's queries come from.
 #: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);
 #: ``"all"``: every prompt query; ``"appended"``: extra tokens run after prefill (soft tokens, oracle).
 QuerySource = Literal["none", "window", "all", "appended"]
+
+
+@dataclass(frozen=True)
+class QueryNeeds:
+    """The queries a scorer declares it needs; the cache builds its capture plan from this alone.
+
+    Attributes
+    ----------
+    prompt : bool
+        ``LayerInputs.attention`` is the attention of captured prompt queries (at a decode-time
+        eviction: of every token added since the last one).
+    last : int
+        How many of the last prompt queries are captured during the prefill (and the last of each
+        prefill chunk): for a ``prompt`` scorer, its window (0: every query of the prefill); for an
+        ``appended`` scorer, the window it mixes in (``LayerInputs.window_attention``, the hybrid).
+    every_query : bool
+        Every prompt query (H2O), whatever ``last`` says.
+    appended : bool
+        ``LayerInputs.attention`` comes from tokens run after the prompt (:meth:`Scorer.appended_inputs`:
+        soft tokens, the oracle's future tokens).
+    """
+
+    prompt: bool = False
+    last: int = 0
+    every_query: bool = False
+    appended: bool = False
+
+    @property
+    def hybrid(self) -> bool:
+        """An appended pass that also mixes in the last prompt queries' attention."""
+        return self.appended and self.last > 0
+
+    @property
+    def any(self) -> bool:
+        """Whether the scorer reads queries at all."""
+        return self.prompt or self.appended
 
 
 def protected_mask(key_mask: torch.Tensor, sinks: int, recent: int) -> torch.Tensor | None:
@@ -50,6 +86,12 @@ class LayerInputs:
         :meth:`Scorer.captured_window`): that attention, captured during the prefill.
     budget : int
         Entries this layer keeps per head.
+    module : nn.Module or None
+        The layer's attention module (the kvpress-style escape hatch: a score from the module, the
+        hidden states, the keys and the values).
+    hidden_states : Tensor ``[B, N, hidden]`` or None
+        The attention module's input at the prefill, for scorers with ``needs_hidden_states``; given
+        at the one-shot prefill eviction only (None after chunks and at decode-time evictions).
     """
 
     layer_idx: int
@@ -59,6 +101,8 @@ class LayerInputs:
     key_mask: torch.Tensor
     budget: int
     window_attention: torch.Tensor | None = None
+    module: nn.Module | None = None
+    hidden_states: torch.Tensor | None = None
 
 
 @dataclass(kw_only=True)
@@ -98,6 +142,8 @@ class Scorer(ABC):
 
     name: ClassVar[str] = ""
     query_source: ClassVar[QuerySource] = "none"
+    #: Keep each layer's attention input of the prefill for :attr:`LayerInputs.hidden_states`.
+    needs_hidden_states: ClassVar[bool] = False
     #: Number of last prompt queries used by ``"window"`` scorers.
     window_size: int = 0
 
@@ -139,10 +185,15 @@ class Scorer(ABC):
             pooling=self.pooling,
         )
 
+    def queries(self) -> QueryNeeds:
+        """What queries this scorer needs (override it; the default reads an older subclass's
+        ``query_source`` declaration)."""
+        return _LEGACY_SOURCES[self.query_source](self)
+
     def captured_window(self) -> int:
         """Last prompt queries whose attention the cache captures during the prefill for this scorer
-        (``window_size`` for ``"window"`` scorers, 0 otherwise)."""
-        return self.window_size if self.query_source == "window" else 0
+        (:attr:`QueryNeeds.last`)."""
+        return self.queries().last
 
     def for_decoding(self) -> Scorer:
         """The scorer of decode-time evictions: this one, protecting ``decode_recent_tokens`` recent
@@ -172,3 +223,12 @@ class Scorer(ABC):
     def appended_inputs(self, batch_size: int, model: nn.Module) -> dict[str, torch.Tensor]:
         """Inputs of the tokens run after prefill (``"appended"`` scorers only)."""
         raise NotImplementedError(f"{type(self).__name__} has no appended tokens")
+
+
+#: ``query_source`` declarations of scorers written before :meth:`Scorer.queries`.
+_LEGACY_SOURCES = {
+    "none": lambda scorer: QueryNeeds(),
+    "window": lambda scorer: QueryNeeds(prompt=True, last=scorer.window_size),
+    "all": lambda scorer: QueryNeeds(prompt=True, every_query=True),
+    "appended": lambda scorer: QueryNeeds(appended=True),
+}

@@ -11,7 +11,7 @@ from torch import nn
 from ..adapter import JudgeQAdapter
 from ..devices import input_device
 from .attention import AttentionScorer
-from .base import LayerInputs, QuerySource
+from .base import LayerInputs, QueryNeeds, QuerySource
 
 
 @dataclass(kw_only=True)
@@ -58,8 +58,8 @@ class JudgeQScorer(AttentionScorer):
         if self.window_weight and self.window_size < 1:
             raise ValueError("window_weight > 0 mixes in the last prompt queries: set window_size >= 1")
 
-    def captured_window(self) -> int:
-        return self.window_size if self.window_weight else 0
+    def queries(self) -> QueryNeeds:
+        return QueryNeeds(appended=True, last=self.window_size if self.window_weight else 0)
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         soft = super().score(inputs)

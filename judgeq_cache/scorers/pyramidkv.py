@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..budget import Budget
+from ..cache.budget import Budget
 from .attention import SnapKVScorer
 
 

@@ -1,11 +1,7 @@
 """JudgeQAdapter: the trained soft-token embedding rows (an ``nn.Module``).
 
-The adapter is split as PEFT splits its tuners; this module is the public import path for all of it:
-
-* :mod:`.adapter_config`: :class:`JudgeQAdapterConfig` (``adapter_config.json``) and the format checks;
-* :mod:`.adapter_signature`: :func:`model_signature` / :func:`signature_differences`;
-* :mod:`.adapter_io`: file and Hub I/O (``save_pretrained``, ``from_pretrained``, ``push_to_hub``);
-* :mod:`.adapter_card`: the Hub model card, :func:`model_card`.
+Its config (:mod:`.config`), signature checks (:mod:`.signature`), file and Hub I/O (:mod:`.io`) and
+model card (:mod:`.card`) live beside it; :mod:`judgeq_cache.adapter` is the public import path.
 """
 
 from __future__ import annotations
@@ -16,27 +12,13 @@ import weakref
 import torch
 from torch import nn
 
-from .adapter_card import model_card
-from .adapter_config import ADAPTER_TYPE, FORMAT_VERSION, JudgeQAdapterConfig
-from .adapter_io import CONFIG_NAME, TENSOR_KEY, WEIGHTS_NAME, AdapterIOMixin
-from .adapter_signature import model_signature, signature_differences
-from .devices import input_device, readable_weight
-from .utils import text_config
+from ..devices import input_device, readable_weight
+from ..utils import text_config
+from .config import JudgeQAdapterConfig
+from .io import AdapterIOMixin
+from .signature import model_signature, signature_differences
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "ADAPTER_TYPE",
-    "CONFIG_NAME",
-    "FORMAT_VERSION",
-    "TENSOR_KEY",
-    "WEIGHTS_NAME",
-    "JudgeQAdapter",
-    "JudgeQAdapterConfig",
-    "model_card",
-    "model_signature",
-    "signature_differences",
-]
 
 
 #: Models already warned about, per adapter ``id`` (so the mismatch warning is logged once, not for
@@ -102,7 +84,7 @@ class JudgeQAdapter(AdapterIOMixin, nn.Module):
                 rows = mean[None] + noise
             else:
                 raise ValueError(f"init must be 'vocab' or 'mean', got {init!r}")
-        from . import __version__
+        from .. import __version__
 
         config = JudgeQAdapterConfig(
             base_model=getattr(model_config, "_name_or_path", "") or getattr(model, "name_or_path", ""),
@@ -129,7 +111,7 @@ class JudgeQAdapter(AdapterIOMixin, nn.Module):
         by the path the model was loaded from. Raises ``LookupError`` naming ``judgeq train`` when no
         shipped adapter fits.
         """
-        from .pretrained import shipped_adapter_names, shipped_adapter_path
+        from ..pretrained import shipped_adapter_names, shipped_adapter_path
 
         for name in shipped_adapter_names():
             adapter = cls.from_pretrained(shipped_adapter_path(name))

@@ -9,11 +9,12 @@ eviction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from .layers import stack_layers
 from .prefill_record import PrefillRecord
 from .triggers import QueryScores
 
@@ -54,3 +55,32 @@ class BatchRows:
         if self._prefill is not None:
             record = self._prefill
             self._prefill = PrefillRecord(record.length, apply(record.key_mask), apply(record.position_ids))
+
+
+def stack_caches(caches: Sequence[Any], make: Callable[[Any], Any]) -> Any:
+    """:meth:`~judgeq_cache.cache.EvictionCache.stack`: one compressed cache (``make(first)``, empty)
+    holding ``caches``' rows in order, after checking that they can share a batch."""
+    if not caches:
+        raise ValueError("stack needs at least one cache")
+    first = caches[0]
+    if any(c._model is not first._model for c in caches):
+        raise ValueError("caches built for different model instances cannot share a batch")
+    if not all(c.is_compressed for c in caches):
+        raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
+    if any(c.triggers for c in caches):
+        raise ValueError(
+            "stack cannot carry decode-time eviction (each row would need its own scorer and "
+            "positions); decode caches built with decode_every one by one"
+        )
+    lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
+    if len(lengths) > 1:
+        raise ValueError(
+            "caches store different numbers of entries per layer and cannot share a batch; "
+            "group them by budget and layer budgets first"
+        )
+    merged = make(first)
+    merged.layers = [stack_layers([c.layers[i] for c in caches]) for i in range(len(first.layers))]
+    merged._prefill = PrefillRecord.concatenate([c._prefill for c in caches])
+    merged.prompt_length = first.prompt_length
+    merged._compressed = True
+    return merged

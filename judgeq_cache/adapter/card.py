@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .adapter import JudgeQAdapter
+from typing import Any
 
 
-def model_card(
-    adapter: JudgeQAdapter, repo_id: str | None = None, images: list[str] | tuple[str, ...] = ()
-) -> str:
+def model_card(adapter: Any, repo_id: str | None = None, images: list[str] | tuple[str, ...] = ()) -> str:
     """A Markdown model card (Hub ``README.md``) describing the adapter, its training and metrics."""
     cfg = adapter.config
     name = repo_id or f"judgeq-{_short(cfg.base_model) or 'adapter'}"

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..scorers import Scorer
 from . import eviction, triggers
 from .attention_masks import fit_attention_mask
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan
-from .guards import another_model_error, check_generate_mode
+from .guards import another_model_error, check_generate_mode, uses_candidates
 from .layers import EvictableLayer
 from .prefill_record import (
     Drafts,
@@ -34,7 +35,7 @@ from .prefill_record import (
     rerun_drafts,
     set_aside_drafts,
 )
-from .scorers import Scorer
+from .schedule import Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class PromptCompression(triggers.EvictionTriggers):
     _base_model: nn.Module
     _evictable: list[int]
     _attn_names: set[str]
+    _attention_modules: list[nn.Module]
     _cache_kwarg: str
     _prefill: PrefillRecord | None
     _drafts: Drafts | None
@@ -66,9 +68,12 @@ class PromptCompression(triggers.EvictionTriggers):
     _dry: bool
     _logits_to_keep: Any
     _forward_depth: int
+    _prefill_failed: bool
+    _hidden_states: dict[int, torch.Tensor]
+    _attention_by_layer: dict[int, nn.Module]
     _chunks: triggers.ChunkedPrefill | None
     _manual_chunks: bool
-    _decode: triggers.DecodeSchedule | None
+    _triggers: list[Trigger]
     _decode_scores: triggers.QueryScores
     _decode_budgets: list[list[int]] | None
     _step: PrefillRecord | None
@@ -83,6 +88,13 @@ class PromptCompression(triggers.EvictionTriggers):
         are prefill chunks (in a chunked prefill) or tokens added after it."""
         if module is not self._base_model:
             raise another_model_error()
+        if self._forward_depth and not self._dry:
+            self._abandon_forward()  # the last forward never returned (a KeyboardInterrupt skips hooks)
+        if self._prefill_failed and not self._dry:
+            raise RuntimeError(
+                "the prefill forward into this cache raised an exception and left it half filled; "
+                "call cache.reset() before running the prompt again"
+            )
         self._forward_depth += 1
         if self._dry:
             return
@@ -92,7 +104,10 @@ class PromptCompression(triggers.EvictionTriggers):
             self._start_step(args, kwargs)
 
     def _start_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep)
+        # Only a generate call that verifies candidates puts them at the end of the prefill forward;
+        # a direct call's logits_to_keep selects logits and nothing else.
+        candidates = uses_candidates(self._model)
+        prefill, drafts = read_prefill_call(args, kwargs, self._logits_to_keep if candidates else None)
         if self._manual_chunks:
             self._chunks = triggers.ChunkedPrefill(None)
         else:
@@ -100,19 +115,28 @@ class PromptCompression(triggers.EvictionTriggers):
         chunked = self._chunks is not None
         would_evict = chunked or eviction.any_evicts(self._row_budgets(prefill), prefill)
         evicts = self.auto_compress and would_evict
-        if evicts or self._decode is not None:
-            every = None if self._decode is None else self._decode.every
+        if evicts or self._triggers:
             count = 0 if drafts is None else drafts.count
-            check_generate_mode(self._model, self.layers, count, chunked=chunked, decode_every=every)
+            check_generate_mode(
+                self._model, self.layers, count, chunked=chunked, evicts_later=bool(self._triggers)
+            )
         self._prefill, self._drafts = prefill, drafts
         self.prompt_length = n = prefill.length
-        source = self.scorer.query_source
+        need = self.scorer.queries()
         # A hybrid scorer's window is captured even with auto_compress=False: a later compress() needs it.
-        mixes_window = source == "appended" and self.scorer.captured_window() and would_evict
-        if (evicts and source in ("window", "all")) or mixes_window:
-            window = min(self.scorer.captured_window() or n, n) if source != "all" else n
+        if (evicts and need.prompt) or (need.hybrid and would_evict):
+            window = n if need.every_query else min(need.last or n, n)
             key_mask = prefill.forward_key_mask(drafts)
             self._capture = self.query_capture(slice(n - window, n), n - window, n, key_mask).__enter__()
+
+    def _abandon_forward(self) -> None:
+        """Forget a forward that raised past the hooks: its capture ends, a prefill counts as failed."""
+        self._forward_depth = 0
+        capture, self._capture, self._step = self._capture, None, None
+        if capture is not None:
+            capture.__exit__(None, None, None)
+        if self._prefill is not None and not self._compressed:
+            self._prefill_failed = True
 
     def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any = None) -> None:
         """The decoder's forward returned (or raised): compress after the prefill (after each chunk of
@@ -127,7 +151,7 @@ class PromptCompression(triggers.EvictionTriggers):
             capture.__exit__(None, None, None)
         step, self._step = self._step, None
         captured = capture.scores if capture is not None and succeeded else None
-        appended = self.scorer.query_source == "appended"
+        appended = self.scorer.queries().appended
         if self._compressed:
             if succeeded and step is not None:
                 self._after_decode_step(step, captured)
@@ -135,6 +159,7 @@ class PromptCompression(triggers.EvictionTriggers):
         if appended:
             self._window = captured
         if not succeeded:
+            self._prefill_failed = True  # half filled: only reset() can make it usable again
             return
         if self._chunks is not None:
             self._after_chunk(None if appended else captured)
@@ -155,6 +180,9 @@ class PromptCompression(triggers.EvictionTriggers):
         layer = self.layers[layer_idx]
         if isinstance(layer, EvictableLayer) and isinstance(hidden, torch.Tensor):
             fit_attention_mask(layer, kwargs, hidden, self._ragged, self._attn_names)
+            prefill = not (self._dry or self._compressed or self._chunks is not None)
+            if prefill and self.scorer.needs_hidden_states and layer_idx in self._evictable:
+                self._hidden_states[layer_idx] = hidden.detach()  # kvpress-style scorers read them
 
     # ------------------------------------------------------------------ scoring and eviction
     def _row_budgets(self, prefill: PrefillRecord) -> list[list[int]]:
@@ -193,7 +221,7 @@ class PromptCompression(triggers.EvictionTriggers):
         logical_mask = torch.cat([record.key_mask, ones], dim=-1)  # what the model's mask code indexes
         key_masks = {i: torch.cat([m, ones[:, -count:].to(m.device)], dim=-1) for i, m in masks.items()}
         plan = QueryPlan(slice(None), None, None, key_masks, self._layer_set(), exclude_tail=count, fuse=True)
-        capture = AttentionCapture(self._attn_names, plan)
+        capture = AttentionCapture(self._attention_modules, plan)
         with self.dry_run(), capture:
             self._base_model(
                 **inputs,
@@ -243,6 +271,7 @@ class PromptCompression(triggers.EvictionTriggers):
                 hidden = rerun_drafts(self._base_model, self._cache_kwarg, self, drafts)
         self._compressed = True
         self._drafts = None
+        self._hidden_states = {}
         self.compression_seconds = time.perf_counter() - start
         logger.debug(
             "%s: kept %s of %d prompt entries per head in %d layers (%.1f ms)",
@@ -279,11 +308,11 @@ class PromptCompression(triggers.EvictionTriggers):
         ]
         if not due:
             return
-        source = scorer.query_source
-        if attention is None and source == "appended":
+        need = scorer.queries()
+        if attention is None and need.appended:
             rows = self._prefill.key_mask.shape[0]
             attention = self._appended_scores(scorer.appended_inputs(rows, self._base_model), masks)
-        if attention is None and source != "none":
+        if attention is None and need.any:
             raise RuntimeError(
                 f"scorer {scorer.name!r} needs the prompt's queries, which are captured during the "
                 "prefill forward; with auto_compress=False pass them to compress(attention=...)"
@@ -293,7 +322,20 @@ class PromptCompression(triggers.EvictionTriggers):
             positions = eviction.stored_positions(layer, self.kept_indices.get(layer_idx))
             scores = None if attention is None else attention.get(layer_idx)
             recent = None if window is None else window.get(layer_idx)
-            kept = eviction.evict_layer(layer_idx, layer, rows, scorer, scores, masks[layer_idx], recent)
+            hidden = self._hidden_states.get(layer_idx)
+            if hidden is not None and hidden.shape[1] != layer.stored_length:
+                hidden = hidden[:, : layer.stored_length] if not self._compressed else None
+            kept = eviction.evict_layer(
+                layer_idx,
+                layer,
+                rows,
+                scorer,
+                scores,
+                masks[layer_idx],
+                recent,
+                module=self._attention_by_layer.get(layer_idx),
+                hidden_states=hidden,
+            )
             if kept is None:
                 continue
             if positions is None:  # a stacked cache: the positions of its kept slots are not known

@@ -95,7 +95,9 @@ def read_prefill_call(
     args: tuple, kwargs: dict[str, Any], logits_to_keep: Any
 ) -> tuple[PrefillRecord, Drafts | None]:
     """The prompt and drafts of a prefill forward called with ``args``/``kwargs`` (the decoder's
-    arguments) under the head's ``logits_to_keep``."""
+    arguments); ``logits_to_keep``: the head's, when the running ``generate`` call verifies candidates
+    (:mod:`judgeq_cache.generate_call`), else None (a direct call's ``logits_to_keep`` only selects
+    logits: every token is prompt)."""
     tokens, key = kwargs.get("input_ids"), "input_ids"
     if tokens is None:
         tokens, key = kwargs.get("inputs_embeds"), "inputs_embeds"
@@ -180,3 +182,21 @@ def rerun_drafts(base_model: nn.Module, cache_kwarg: str, cache: Any, drafts: Dr
         kwargs["position_ids"] = drafts.position_ids
     out = base_model(**kwargs, **{cache_kwarg: cache})
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def load_layers(
+    layers: list[Any],
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+    key_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+) -> PrefillRecord:
+    """Store an already computed prompt KV (one ``(keys, values)`` ``[B, Hkv, N, D]`` per layer) in
+    empty ``layers``; returns its record (``key_mask`` None: no padding)."""
+    if len(keys_values) != len(layers):
+        raise ValueError(f"got KV for {len(keys_values)} layers, the model has {len(layers)}")
+    bsz, _, n, _ = keys_values[0][0].shape
+    if key_mask is None:
+        key_mask = torch.ones((bsz, n), dtype=torch.bool, device=keys_values[0][0].device)
+    for layer, (keys, values) in zip(layers, keys_values):
+        layer.update(keys, values)
+    return PrefillRecord(n, key_mask.bool(), position_ids)

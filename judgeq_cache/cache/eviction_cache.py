@@ -1,19 +1,13 @@
-"""EvictionCache: a DynamicCache that prunes the prompt's KV right after prefill; JudgeQCache.
+"""EvictionCache: a DynamicCache that prunes the prompt's KV right after prefill.
 
-As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`~judgeq_cache.layers`, where
-each layer's state lives). This module holds the class, the cache API and the public surface the rest
-of the package builds on; the rest is done by modules with one job each:
-:mod:`~judgeq_cache.compression` (reacting to forwards: record the prefill, compress when it returns;
-the one eviction path), :mod:`~judgeq_cache.triggers` (when else to evict: prefill chunks, decode
-steps), :mod:`~judgeq_cache.rows` (beam reorder and row operations on the state beside the layers),
-:mod:`~judgeq_cache.prefill_record` (the prompt and drafts of the prefill forward),
-:mod:`~judgeq_cache.eviction` (selection per row and compaction), :mod:`~judgeq_cache.guards` (calls it
-refuses), :mod:`~judgeq_cache.attention_masks` (masks of compressed layers) and
-:mod:`~judgeq_cache.hooks` (the model hooks that call the cache).
+As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`.layers`). This module holds
+the class and its public surface; what it does on each forward lives in :mod:`.compression` and
+:mod:`.triggers` (see ``docs/architecture.md`` for the data flow and every module's one job).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,16 +15,18 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from . import hooks, tensor_parallel, triggers, utils
-from .adapter import JudgeQAdapter
+from .. import tensor_parallel, utils
+from ..scorers import Scorer, make_scorer
+from . import hooks
 from .budget import Budget
 from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
 from .compression import PromptCompression
-from .guards import another_model_error
-from .layers import EvictableLayer, copy_layer, peek_layer, query_length, stack_layers
-from .prefill_record import Drafts, PrefillRecord
-from .rows import BatchRows
-from .scorers import JudgeQScorer, Scorer, make_scorer
+from .guards import another_model_error, closed_error
+from .layers import EvictableLayer, copy_layer, peek_layer, query_length
+from .prefill_record import Drafts, PrefillRecord, load_layers
+from .rows import BatchRows, stack_caches
+from .schedule import DecodeEvery, Trigger, make_triggers
+from .triggers import ChunkedPrefill, QueryScores
 
 
 class EvictionCache(PromptCompression, BatchRows, DynamicCache):
@@ -47,10 +43,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     compressed, and they are run again over the compressed prompt, so their logits and entries are
     those of a forward after compression and ``generate`` can crop the rejected ones.
 
-    Bounded memory (:mod:`~judgeq_cache.triggers`): a chunked prefill (``generate(...,
-    prefill_chunk_size=N)``, or forwards inside ``with cache.chunked_prefill():``) is evicted after
-    every chunk, so the cache never stores more than budget + chunk entries per KV head; with
-    ``decode_every=N`` the cache evicts back to the budget every ``N`` tokens added after the prefill.
+    A chunked prefill is evicted after every chunk (:meth:`chunked_prefill`); see ``decode_every`` and
+    ``triggers`` for eviction after the prefill. What ``generate`` does not pass to the model
+    (``prefill_chunk_size``, candidates) comes from a thin wrapper on ``model.generate``
+    (:mod:`.generate_call`), never guessed; query capture is per thread; :meth:`close` removes the hooks.
 
     Parameters
     ----------
@@ -70,8 +66,15 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         Decode-time eviction: every ``decode_every`` tokens added after the prefill (generated tokens,
         later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
         it is; a fraction of each row's prompt length), always keeping the scorer's
-        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). ``None``
-        (default): evict once, at the prefill, as the paper does.
+        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). The cache
+        then never stores more than ``max(budget, kept prompt) + decode_every - 1 + T`` entries per
+        KV head, ``T`` the tokens of the largest forward after the prefill (so ``+ decode_every``
+        when decoding token by token; a 10-token question right after ``decode_every - 1`` decoded
+        tokens reaches the bound). ``None`` (default): evict once, at the prefill, as the paper does.
+    triggers : sequence of Trigger
+        More decode-time triggers (:class:`~judgeq_cache.schedule.Trigger` plug-ins, each one class;
+        ``decode_every=N`` is ``DecodeEvery(N)``): after the prefill, the cache evicts as above
+        whenever one of them says so.
     **scorer_options
         Passed to the scorer's constructor (e.g. ``window_size=16``).
 
@@ -85,11 +88,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     prompt_length : int
         Tokens in the compressed prompt (0 before prefill; in a chunked prefill, the chunks so far).
 
-    The public surface other modules build on: :attr:`evictable_layers`, :attr:`cache_kwarg`,
-    :attr:`prefill_mask`, :attr:`is_compressed`, :meth:`query_capture`, :meth:`chunked_prefill`,
-    :meth:`load_prefill`, :meth:`fork`, :meth:`skip_compression`, :meth:`stack`,
-    :meth:`appended_attention`, :meth:`compress`. The ``on_*`` methods are the hook protocol
-    (:mod:`judgeq_cache.hooks`), called by the model's hooks, not by users.
+    The ``on_*`` methods are the hook protocol (:mod:`.hooks`), called by the model's hooks, not by users.
     """
 
     def __init__(
@@ -100,6 +99,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         *,
         auto_compress: bool = True,
         decode_every: int | None = None,
+        triggers: Sequence[Trigger] = (),
         **scorer_options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -127,6 +127,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._model = model
         self._base_model = model.base_model
         self._attn_names = attention_implementations(model)
+        self._attention_modules = attention_modules(self._base_model)
+        self._attention_by_layer = {m.layer_idx: m for m in self._attention_modules}
+        self._hidden_states: dict[int, torch.Tensor] = {}
+        self._closed = False
         self._cache_kwarg = utils.cache_kwarg(self._base_model)
         self.auto_compress = auto_compress
         self.kept_indices: dict[int, torch.Tensor] = {}
@@ -140,20 +144,21 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._drafts: Drafts | None = None
         self._logits_to_keep: Any = None
         self._forward_depth = 0
-        self._chunks: triggers.ChunkedPrefill | None = None
+        self._prefill_failed = False
+        self._chunks: ChunkedPrefill | None = None
         self._manual_chunks = False
-        self._decode = None if decode_every is None else triggers.DecodeSchedule(decode_every)
-        self._decode_scores = triggers.QueryScores()
+        self._triggers: list[Trigger] = make_triggers(decode_every, triggers)
+        self._decode_scores = QueryScores()
         self._decode_budgets: list[list[int]] | None = None
         self._step: PrefillRecord | None = None
-        hooks.install(model, self._base_model)
+        hooks.attach(self, model, self._base_model)
 
     # ------------------------------------------------------------------ cache API
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._dry:  # scoring pass: attend over stored + new, store nothing
             return peek_layer(self.layers[layer_idx], key_states, value_states)
         if self._prefill is None or self._forward_depth == 0:
-            raise another_model_error()
+            raise closed_error() if self._closed else another_model_error()
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def get_mask_sizes(self, query: int | torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[int, int]:
@@ -178,6 +183,9 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         super().reset()
         self.kept_indices = {}
         self.prompt_length = 0
+        self.compression_seconds = 0.0
+        self._prefill_failed = False
+        self._hidden_states = {}
         self._prefill = None
         self._drafts = None
         self._window = None
@@ -185,13 +193,51 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self._chunks = None
         self._decode_budgets = None
         self._decode_scores.clear()
-        if self._decode is not None:
-            self._decode.since = 0
+        for trigger in self._triggers:
+            trigger.reset()
 
     @property
     def decode_every(self) -> int | None:
         """Tokens between decode-time evictions (None: evict once, at the prefill)."""
-        return None if self._decode is None else self._decode.every
+        every = [t.every for t in self._triggers if isinstance(t, DecodeEvery)]
+        return every[0] if every else None
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """When the compressed cache evicts again (``decode_every=N`` is ``DecodeEvery(N)``)."""
+        return tuple(self._triggers)
+
+    def close(self) -> None:
+        """Release the model: when no other open cache of it is left, every hook this package put on
+        it (forward hooks, attention hooks, the ``generate`` wrapper) is removed. The cache can no
+        longer be used with the model afterwards. Also done on leaving ``with EvictionCache(...) as
+        cache:``."""
+        self._closed = True
+        hooks.detach(self, self._base_model)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> EvictionCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EvictionCache:
+        """A copy with its own keys, values and state that keeps the same model and scorer (what
+        transformers documents for prefix reuse: ``copy.deepcopy(prompt_cache)``)."""
+        for shared in (self._model, self._base_model, self.scorer, *self._attention_modules):
+            memo[id(shared)] = shared
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        for name, value in vars(self).items():
+            object.__setattr__(twin, name, copy.deepcopy(value, memo))
+        if not self._closed:
+            hooks.attach(twin, self._model, self._base_model)
+        return twin
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -221,7 +267,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         """A context manager scoring ``query_slice`` of every evictable layer's attention calls (see
         :class:`~judgeq_cache.capture.QueryPlan`); ``.scores`` holds ``{layer: [B, Hkv, num_out]}``."""
         plan = QueryPlan(query_slice, causal_offset, num_out, key_mask, self._layer_set())
-        return AttentionCapture(self._attn_names, plan)
+        return AttentionCapture(self._attention_modules, plan)
 
     def load_prefill(
         self,
@@ -234,15 +280,8 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         compressed (call :meth:`compress`, or use :meth:`appended_attention`)."""
         if self._prefill is not None or self.get_seq_length() > 0:
             raise RuntimeError("load_prefill needs an empty cache")
-        if len(keys_values) != len(self.layers):
-            raise ValueError(f"got KV for {len(keys_values)} layers, the model has {len(self.layers)}")
-        bsz, _, n, _ = keys_values[0][0].shape
-        if key_mask is None:
-            key_mask = torch.ones((bsz, n), dtype=torch.bool, device=keys_values[0][0].device)
-        self._prefill = PrefillRecord(n, key_mask.bool(), position_ids)
-        self.prompt_length = n
-        for layer, (keys, values) in zip(self.layers, keys_values):
-            layer.update(keys, values)
+        self._prefill = load_layers(self.layers, keys_values, key_mask, position_ids)
+        self.prompt_length = self._prefill.length
 
     def fork(
         self,
@@ -254,7 +293,17 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         cache: same model and prefill, its own copy of every entry, and ``budget``/``scorer`` where
         given (else this cache's; a JudgeQCache's scorer carries its adapter). Compress the copy with
         :meth:`compress` or :meth:`skip_compression`; this cache is left as it is, so one prefill
-        serves many copies."""
+        serves many copies.
+
+        On a compressed cache, ``fork()`` without arguments is a branch for prefix reuse: a copy with
+        its own entries and state, same model, budget and scorer (``copy.deepcopy(cache)``)."""
+        if self._compressed and budget is None and scorer is None and not scorer_options:
+            return copy.deepcopy(self)
+        if self._compressed:
+            raise RuntimeError(
+                "fork needs a prefilled, not yet compressed cache to take another budget or scorer; "
+                "fork() without arguments branches a compressed cache as it is"
+            )
         self._check_uncompressed_prefill("fork")
         twin = EvictionCache(
             self._model,
@@ -265,6 +314,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         )
         twin.layers = [copy_layer(layer) for layer in self.layers]
         twin._prefill, twin._drafts, twin._window = self._prefill, self._drafts, self._window
+        twin._hidden_states = dict(self._hidden_states)
         twin.prompt_length = self.prompt_length
         return twin
 
@@ -281,30 +331,9 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         forward (rows never interact: the result equals decoding each alone). The caches must be
         compressed, built for one model from prompts of one length, and store the same number of
         entries in each layer; they are left as they are. The result has no ``kept_indices``."""
-        if not caches:
-            raise ValueError("stack needs at least one cache")
-        first = caches[0]
-        if any(c._model is not first._model for c in caches):
-            raise ValueError("caches built for different model instances cannot share a batch")
-        if not all(c.is_compressed for c in caches):
-            raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
-        if any(c.decode_every is not None for c in caches):
-            raise ValueError(
-                "stack cannot carry decode-time eviction (each row would need its own scorer and "
-                "positions); decode caches built with decode_every one by one"
-            )
-        lengths = {tuple(layer.keys.shape[-2] for layer in c.layers) for c in caches}
-        if len(lengths) > 1:
-            raise ValueError(
-                "caches store different numbers of entries per layer and cannot share a batch; "
-                "group them by budget and layer budgets first"
-            )
-        merged = EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
-        merged.layers = [stack_layers([c.layers[i] for c in caches]) for i in range(len(first.layers))]
-        merged._prefill = PrefillRecord.concatenate([c._prefill for c in caches])
-        merged.prompt_length = first.prompt_length
-        merged._compressed = True
-        return merged
+        return stack_caches(
+            caches, lambda first: EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
+        )
 
     def _check_uncompressed_prefill(self, what: str) -> None:
         if self._prefill is None or self._compressed:
@@ -316,32 +345,5 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         return frozenset(self._evictable)
 
 
-class JudgeQCache(EvictionCache):
-    """Eviction scored by a trained :class:`JudgeQAdapter`'s soft tokens.
-
-    ``JudgeQCache(model, JudgeQAdapter.from_pretrained(path), budget=512)`` then
-    ``model.generate(**inputs, past_key_values=cache)``.
-    """
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        adapter: JudgeQAdapter,
-        budget: int | float | Budget,
-        *,
-        auto_compress: bool = True,
-        decode_every: int | None = None,
-        **scorer_options: Any,
-    ) -> None:
-        if not isinstance(adapter, JudgeQAdapter):
-            raise TypeError(
-                f"JudgeQCache needs a JudgeQAdapter, got {type(adapter).__name__}; "
-                "use JudgeQAdapter.from_pretrained(path_or_hub_id) or JudgeQAdapter.init_for(model)"
-            )
-        adapter.check_compatible(model)
-        scorer = JudgeQScorer(adapter=adapter, **scorer_options)
-        super().__init__(model, budget, scorer, auto_compress=auto_compress, decode_every=decode_every)
-
-    @property
-    def adapter(self) -> JudgeQAdapter:
-        return self.scorer.adapter
+# The public import path (``from judgeq_cache.cache import EvictionCache``), also for pickling.
+EvictionCache.__module__ = "judgeq_cache.cache"

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .devices import readable_weight
-from .utils import text_config
+from ..devices import readable_weight
+from ..utils import text_config
 
 #: Config entries compared by :func:`signature_differences` (besides the embedding norms).
 _SIGNATURE_SIZES = (

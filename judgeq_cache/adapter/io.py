@@ -11,19 +11,19 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from .adapter_card import model_card
-from .adapter_config import ADAPTER_TYPE, FORMAT_VERSION, ROW_DTYPES, JudgeQAdapterConfig
-from .utils import atomic_write
+from ..utils import atomic_write
+from .card import model_card
+from .config import ADAPTER_TYPE, FORMAT_VERSION, ROW_DTYPES, JudgeQAdapterConfig
 
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from .adapter import JudgeQAdapter
+#: The adapter class the mixin is part of (:class:`~judgeq_cache.adapter.JudgeQAdapter`).
+Adapter = TypeVar("Adapter", bound="AdapterIOMixin")
 
 
 #: PEFT's file names: the config and the weights of an adapter directory.
@@ -44,7 +44,7 @@ class AdapterIOMixin:
         """
         from safetensors.torch import save_file
 
-        from . import __version__
+        from .. import __version__
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ class AdapterIOMixin:
         revision: str | None = None,
         model: nn.Module | None = None,
         **hub_kwargs: Any,
-    ) -> JudgeQAdapter:
+    ) -> Adapter:
         """Load an adapter from a local directory or a Hugging Face Hub repo id.
 
         Parameters
@@ -105,7 +105,7 @@ class AdapterIOMixin:
         return adapter
 
     @classmethod
-    def _load_dir(cls, directory: Path, name: str) -> JudgeQAdapter:
+    def _load_dir(cls, directory: Path, name: str) -> Adapter:
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -214,7 +214,7 @@ def _resolve(name_or_path: str | os.PathLike, revision: str | None, hub_kwargs: 
         return local
     name = str(name_or_path)
     if not isinstance(name_or_path, Path):
-        from .pretrained import shipped_adapter_path
+        from ..pretrained import shipped_adapter_path
 
         shipped = shipped_adapter_path(name)
         if shipped is not None:

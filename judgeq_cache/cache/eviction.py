@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
-from . import kernels
+from .. import kernels
+from ..scorers import LayerInputs, Scorer
 from .budget import Budget
 from .layers import EvictableLayer
 from .prefill_record import PrefillRecord
-from .scorers import LayerInputs, Scorer
 
 
 def row_budgets(scorer: Scorer, budget: Budget, record: PrefillRecord, num_layers: int) -> list[list[int]]:
@@ -87,6 +88,9 @@ def evict_layer(
     attention: torch.Tensor | None,
     key_mask: torch.Tensor,
     window_attention: torch.Tensor | None = None,
+    *,
+    module: nn.Module | None = None,
+    hidden_states: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Keep ``row_budgets`` entries of each row of ``layer``, chosen by ``scorer`` from the layer's
     ``attention`` scores (if its queries were captured) and ``key_mask`` ``[B, N]`` over its stored
@@ -103,6 +107,8 @@ def evict_layer(
         key_mask=key_mask,
         budget=max(row_budgets),
         window_attention=window_attention,
+        module=module,
+        hidden_states=hidden_states,
     )
     if len(set(row_budgets)) == 1:
         indices, visible = scorer.select(inputs), None
@@ -130,6 +136,7 @@ def select_rows(
             values=inputs.values[b : b + 1],
             attention=None if inputs.attention is None else inputs.attention[b : b + 1],
             window_attention=None if inputs.window_attention is None else inputs.window_attention[b : b + 1],
+            hidden_states=None if inputs.hidden_states is None else inputs.hidden_states[b : b + 1],
             key_mask=inputs.key_mask[b : b + 1],
             budget=budget,
         )

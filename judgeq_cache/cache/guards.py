@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from torch import nn
+
+from . import generate_call
 
 
 def check_generate_mode(
@@ -20,20 +21,21 @@ def check_generate_mode(
     drafts: int,
     *,
     chunked: bool = False,
-    decode_every: int | None = None,
+    evicts_later: bool = False,
 ) -> None:
     """Refuse, before anything runs, the ``generate`` modes in which eviction cannot be exact.
 
     ``layers`` are the cache's layers; ``drafts`` counts the candidate tokens in the prefill forward;
-    ``chunked``: the prefill arrives in several forwards; ``decode_every``: decode-time eviction.
+    ``chunked``: the prefill arrives in several forwards; ``evicts_later``: decode-time eviction (the
+    cache has triggers, e.g. ``decode_every``).
     """
-    candidates = drafts > 0 or ((chunked or decode_every is not None) and uses_candidates(model))
+    candidates = drafts > 0 or ((chunked or evicts_later) and uses_candidates(model))
     if candidates and chunked:
         raise NotImplementedError(
             "EvictionCache cannot evict during a chunked prefill in assisted decoding / prompt lookup; pass "
             "prefill_chunk_size=None, or generate without assistant_model / prompt_lookup_num_tokens"
         )
-    if candidates and decode_every is not None:
+    if candidates and evicts_later:
         raise NotImplementedError(
             "decode-time eviction (decode_every) cannot run with assisted decoding / prompt lookup: generate "
             "crops rejected candidates, and entries evicted meanwhile cannot come back; use decode_every=None "
@@ -50,45 +52,22 @@ def check_generate_mode(
         )
 
 
-def uses_candidates(model: nn.Module, max_depth: int = 64) -> bool:
-    """Whether a running ``generate`` call of ``model`` verifies candidate tokens (``assistant_model`` or
-    ``prompt_lookup_num_tokens``)."""
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            return False
-        local = frame.f_locals
-        if local.get("self") is model:
-            config = local.get("generation_config")
-            if local.get("assistant_model") is not None or local.get("candidate_generator") is not None:
-                return True
-            if getattr(config, "prompt_lookup_num_tokens", None) is not None:
-                return True
-        frame = frame.f_back
-    return False
-
-
-def running_generate_call(model: nn.Module, max_depth: int = 64) -> dict[str, Any] | None:
-    """The local variables of the ``generate`` prefill step of ``model`` that is running right now.
-
-    ``generate`` does not pass its ``GenerationConfig`` to the model's forward, so options that change
-    what the cache sees (``prefill_chunk_size``) can only be read from the caller's frame: the first
-    frame up the stack that belongs to a method of ``model`` and holds a ``generation_config``.
-    Returns ``None`` for direct ``model(...)`` calls.
-    """
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            return None
-        local = frame.f_locals
-        if local.get("self") is model and "generation_config" in local:
-            return dict(local)
-        frame = frame.f_back
-    return None
+def uses_candidates(model: nn.Module) -> bool:
+    """Whether a running ``generate`` call of ``model`` verifies candidate tokens (``assistant_model``,
+    ``prompt_lookup_num_tokens``, ``assistant_early_exit``), as recorded by
+    :mod:`judgeq_cache.generate_call`."""
+    call = generate_call.current(model)
+    return call is not None and call.candidates
 
 
 def another_model_error() -> RuntimeError:
     return RuntimeError(
         "this EvictionCache was built for another model instance (a forward of a different model reached "
         "it); create the cache with the model you call: EvictionCache(model, ...)"
+    )
+
+
+def closed_error() -> RuntimeError:
+    return RuntimeError(
+        "this EvictionCache was closed (its hooks are removed from the model); create a new cache"
     )

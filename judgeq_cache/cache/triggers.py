@@ -8,11 +8,13 @@ selects, the layer compacts); this module only decides *when*:
 - **prefill chunks**: a prefill that arrives in several forwards is evicted after each of them, so the
   cache never stores more than ``budget + chunk`` entries per KV head. A chunked prefill is recognised
   in two ways only, never guessed: ``generate(..., prefill_chunk_size=N)`` on a prompt longer than one
-  chunk (read from the running ``generate`` call, :class:`ChunkedPrefill` with the prompt's length),
+  chunk (the running ``generate`` call's options, recorded by :mod:`judgeq_cache.generate_call`;
+  :class:`ChunkedPrefill` with the prompt's length),
   and forwards inside ``with cache.chunked_prefill():`` (a manual loop; the prefill ends with the
   block). Outside these, forwards after the prefill append (a question, a second turn).
-- **decode steps** (``decode_every=N``): once the prefill is done, every ``N`` tokens added to the
-  cache (:class:`DecodeSchedule`).
+- **after the prefill** (``decode_every=N``, or any :class:`~judgeq_cache.schedule.Trigger`): once the
+  prefill is done, whenever one of the cache's triggers says so (:class:`~judgeq_cache.schedule.DecodeEvery`:
+  every ``N`` tokens added to the cache).
 
 :class:`EvictionTriggers` is the part of the cache that reacts to the forwards after the first one.
 Scorers that read queries get them from the forward that triggers: the last window of a chunk's
@@ -31,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import eviction
+from . import eviction, generate_call
 from .capture import AttentionCapture, QueryPlan
-from .guards import running_generate_call
 from .prefill_record import PrefillRecord, read_tokens_call
+from .schedule import Trigger
 
 
 @dataclass
@@ -53,36 +55,11 @@ def generate_chunks(model: nn.Module, first_chunk: int) -> ChunkedPrefill | None
     """The chunked prefill that the running ``generate(..., prefill_chunk_size=N)`` call of ``model`` is
     starting with a ``first_chunk``-token forward; None when no such call runs or the prompt fits in
     one chunk (an ordinary prefill)."""
-    call = running_generate_call(model)
-    config = None if call is None else call.get("generation_config")
-    if getattr(config, "prefill_chunk_size", None) is None:
+    call = generate_call.current(model)
+    if call is None or call.prefill_chunk_size is None:
         return None
-    ids = call.get("input_ids")
-    total = ids.shape[-1] if isinstance(ids, torch.Tensor) else 0
+    total = call.prompt_tokens
     return ChunkedPrefill(total) if total > first_chunk else None
-
-
-@dataclass
-class DecodeSchedule:
-    """``decode_every=N``: evict once ``N`` tokens were added since the last eviction (or since the
-    prefill)."""
-
-    every: int
-    since: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(
-                f"decode_every must be a positive int (tokens between evictions), got {self.every!r}"
-            )
-
-    def add(self, tokens: int) -> bool:
-        """Count ``tokens`` added; True when an eviction is due (the count starts again)."""
-        self.since += tokens
-        if self.since < self.every:
-            return False
-        self.since = 0
-        return True
 
 
 @dataclass
@@ -119,7 +96,7 @@ class EvictionTriggers:
 
     _chunks: ChunkedPrefill | None
     _manual_chunks: bool
-    _decode: DecodeSchedule | None
+    _triggers: list[Trigger]
     _decode_scores: QueryScores
     _decode_budgets: list[list[int]] | None
     _step: PrefillRecord | None
@@ -134,22 +111,21 @@ class EvictionTriggers:
             self._step = step
             self._prefill = self._prefill.extend(step)
             self.prompt_length = self._prefill.length
-        elif self._decode is not None:
+        elif self._triggers:
             self._step = step
         else:
             return
-        source = self.scorer.query_source
-        hybrid = source == "appended" and self.scorer.captured_window() > 0
-        if source not in ("window", "all") and not hybrid:
+        need = self.scorer.queries()
+        if not need.prompt and not need.hybrid:
             return
-        if chunk and not self.auto_compress and not hybrid:  # (a hybrid's later compress() needs it)
+        if chunk and not self.auto_compress and not need.hybrid:  # (a hybrid's later compress() needs it)
             return
         masks = {i: self._stored_mask(i, step.key_mask) for i in self._evictable}
         window = step.length
-        if chunk and source != "all":
-            window = min(self.scorer.captured_window(), step.length)
+        if chunk and not need.every_query:
+            window = min(need.last, step.length)
         plan = QueryPlan(slice(step.length - window, step.length), None, None, masks, self._layer_set())
-        self._capture = AttentionCapture(self._attn_names, plan).__enter__()
+        self._capture = AttentionCapture(self._attention_modules, plan).__enter__()
 
     def _after_chunk(self, attention: dict[int, torch.Tensor] | None) -> None:
         """A prefill chunk returned: evict back to the budget; the prefill ends with its last chunk."""
@@ -162,12 +138,13 @@ class EvictionTriggers:
             self._finish_chunks()
 
     def _after_decode_step(self, step: PrefillRecord, attention: dict[int, torch.Tensor] | None) -> None:
-        """Tokens were added after the prefill: count them, evict when ``decode_every`` is due."""
-        if self._decode is None:
+        """Tokens were added after the prefill: tell every trigger, evict when one of them says so."""
+        if not self._triggers:
             return
         if attention is not None:
             self._decode_scores.add(attention, step.length)
-        if self._decode.add(step.length):
+        due = [trigger.after_forward(step.length) for trigger in self._triggers]  # each one counts
+        if any(due):
             with torch.no_grad():
                 self._evict_decode()
 
@@ -184,7 +161,12 @@ class EvictionTriggers:
         """Every forward into this empty cache inside the block is one chunk of the prefill: after
         each, the cache scores what it stores plus the chunk and evicts back to the budget (stored
         entries never exceed budget + chunk). The prefill ends with the block; later forwards append
-        (a question, ``generate``)."""
+        (a question, ``generate``).
+
+        In a left-padded batch, a row gets the tokens it gets alone chunked at the same positions:
+        its first chunk holds ``chunk - padding % chunk`` real tokens, so it equals the row run alone
+        with the same chunk size only when its padding is a multiple of the chunk (same for
+        ``generate(..., prefill_chunk_size=N)``)."""
         if self._prefill is not None or self.get_seq_length() > 0:
             raise RuntimeError("chunked_prefill() needs an empty cache (call reset() first)")
         if not self.auto_compress:
@@ -208,7 +190,7 @@ class EvictionTriggers:
         self._decode_scores.clear()
         start = time.perf_counter()
         scorer = self.scorer.for_decoding()
-        if scorer.query_source == "appended":  # a hybrid scorer mixes them into its own
+        if scorer.queries().appended:  # a hybrid scorer mixes them into its own
             self._evict_stored(self._decode_budgets, None, queries, scorer=scorer)
         else:
             self._evict_stored(self._decode_budgets, queries, scorer=scorer)

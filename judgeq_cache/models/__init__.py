@@ -21,8 +21,9 @@ The loaders import torch; the table (:mod:`.specs`) does not. Names load on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -68,13 +69,4 @@ if TYPE_CHECKING:
     from .specs import EMBEDDED_MODEL_ID, EMBEDDED_MODELS, GEMMA3_270M_MODEL_ID, EmbeddedModel, embedded_model
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

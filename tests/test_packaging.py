@@ -179,3 +179,19 @@ def test_readme_first_python_block_runs_verbatim_outside_the_repo(tmp_path):
     assert "4817" in answer
     prompt, per_head = re.findall(r"\d+", kept)
     assert int(per_head) <= int(prompt) // 10 + 16  # the kept 10 % + the generated tokens
+
+
+def test_bench_refuses_an_untrained_adapter_unless_asked(tmp_path, monkeypatch, model, caplog):
+    """`judgeq bench` outside the repo used to warn and then time an untrained adapter (issue 23, 7)."""
+    import logging
+
+    import judgeq_cache.eval.speed as speed
+    import judgeq_cache.models as models
+    from judgeq_cache.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (model, None))
+    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("an untrained adapter was timed"))
+    JudgeQAdapter.init_for(model, 4).save_pretrained(tmp_path / "fresh")
+    with caplog.at_level(logging.ERROR):
+        assert main(["bench", "--adapter", str(tmp_path / "fresh"), "--lengths", "16"]) == 2
+    assert "never trained" in caplog.text and "--allow-untrained" in caplog.text

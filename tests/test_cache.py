@@ -427,13 +427,9 @@ def test_assisted_and_prompt_lookup_decoding(arch_name, mode, scorer, monkeypatc
     if arch_name == "gemma3" and not hasattr(DynamicSlidingWindowLayer, "activate_past_recording"):
         # Before transformers could roll sliding layers back, plain assisted decoding fails on them
         # too; an evicting cache says so up front.
+        cache = build_cache(model, scorer, 0.5)  # built before the call, as documented
         with pytest.raises(NotImplementedError, match="sliding-window layers"):
-            model.generate(
-                ids,
-                max_new_tokens=4,
-                prompt_lookup_num_tokens=3,
-                **cache_kwargs(model, build_cache(model, scorer, 0.5)),
-            )
+            model.generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=3, **cache_kwargs(model, cache))
         return
     if mode == "assistant":
         assist = {"assistant_model": make_model(arch_name, seed=0)}  # same weights: drafts get accepted

@@ -152,6 +152,17 @@ def test_readme_is_a_users_readme():
     assert "huggingface-cli" not in text
 
 
+def _takes_cache_kwarg() -> bool:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from judgeq_cache.utils import cache_kwarg
+
+    config = LlamaConfig(
+        vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1
+    )
+    return cache_kwarg(LlamaForCausalLM(config)) == "cache"
+
+
 def readme_first_python_block() -> str:
     return re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
 
@@ -164,6 +175,8 @@ def test_readme_first_python_block_runs_verbatim_outside_the_repo(tmp_path):
 
     if not is_embedded_model_available():
         pytest.skip("embedded model not installed")
+    if not _takes_cache_kwarg():
+        pytest.skip("the README's quick start passes cache=, which transformers < 5.24 does not take")
     script = tmp_path / "quickstart.py"
     script.write_text(readme_first_python_block())
     out = subprocess.run(

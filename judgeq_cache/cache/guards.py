@@ -41,7 +41,9 @@ def check_generate_mode(
             "crops rejected candidates, and entries evicted meanwhile cannot come back; use decode_every=None "
             "or generate without assistant_model / prompt_lookup_num_tokens"
         )
-    if drafts and any(
+    # Candidates may arrive in the prefill forward (transformers >= 5.20) or only in later forwards
+    # (before): either way generate crops them, which sliding layers can do only if they record the past.
+    if (drafts or uses_candidates(model)) and any(
         getattr(layer, "is_sliding", False) and not getattr(layer, "record_past", False) for layer in layers
     ):
         raise NotImplementedError(

@@ -148,7 +148,8 @@ class EvictableLayer(DynamicLayer):
                 f"cannot crop {remove} tokens: the cache was compressed and only the "
                 f"{stored - self.compressed_length} tokens added after compression can be removed (in "
                 "assisted decoding or prompt lookup this means the cache could not tell the candidates from "
-                "the prompt: the model's forward must accept logits_to_keep)"
+                "the prompt: build the cache before calling generate, not inline in its arguments, so that "
+                "the call is recorded; and the model's forward must accept logits_to_keep)"
             )
         keep = stored - remove  # computed once: keys and values are cut to the same length
         self.keys = self.keys[..., :keep, :]

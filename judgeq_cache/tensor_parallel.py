@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .capture import attention_modules
+from .cache.capture import attention_modules
 from .utils import text_config
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from judgeq_cache import JudgeQAdapter
+from judgeq_cache.cache.prefill import SharedPrefill
 from judgeq_cache.cli.args import choice_list, positive_int
 from judgeq_cache.eval.layouts import build_prompt
 from judgeq_cache.eval.loop import decode_answer
@@ -38,7 +39,6 @@ from judgeq_cache.eval.metrics import score
 from judgeq_cache.eval.runner import METHODS, scorer_of
 from judgeq_cache.eval.tasks import make_samples
 from judgeq_cache.models import load_model
-from judgeq_cache.prefill import SharedPrefill
 from judgeq_cache.scorers import LayerInputs, Scorer, make_scorer
 from judgeq_cache.scorers.base import protected_mask
 from judgeq_cache.utils import eos_token_ids

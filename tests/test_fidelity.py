@@ -10,6 +10,7 @@ from conftest import make_model
 from reference import keep_masks, masked_logits
 
 from judgeq_cache import JudgeQAdapter
+from judgeq_cache.cache.prefill import SharedPrefill
 from judgeq_cache.eval.fidelity import (
     answer_nll,
     fidelity_markdown,
@@ -27,7 +28,6 @@ from judgeq_cache.eval.fidelity_prompts import (
     in_fidelity_range,
 )
 from judgeq_cache.eval.layouts import PromptLayout
-from judgeq_cache.prefill import SharedPrefill
 
 
 def _ids(n: int, seed: int) -> torch.Tensor:

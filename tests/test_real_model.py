@@ -8,7 +8,7 @@ import torch
 from conftest import cache_kwargs
 
 from judgeq_cache import EvictionCache, JudgeQAdapter, JudgeQCache
-from judgeq_cache.prefill import SharedPrefill
+from judgeq_cache.cache.prefill import SharedPrefill
 
 pytestmark = pytest.mark.real_model
 
@@ -85,7 +85,7 @@ def test_fused_soft_pass_keeps_the_same_entries_on_the_embedded_model(embedded, 
     """The bundled adapter at 10 % kept on the 2k needle prompt: the one-softmax soft-token pass keeps
     exactly what letting the model's own sdpa run keeps, in every layer."""
 
-    from judgeq_cache import capture
+    from judgeq_cache.cache import capture
 
     model, _ = embedded
     adapter = JudgeQAdapter.from_pretrained("smollm2-135m-instruct")

@@ -6,7 +6,7 @@ the mean NLL of the answer under a compressed cache over its mean NLL under the 
 sampled answer, ``E[-log q] / E[-log p] = 1 + KL(p || q) / H(p)`` per token, so 1 is perfect and the
 excess is the divergence from the full cache's own distribution, relative to its entropy.
 
-Every method compresses a copy of one shared prefill (:class:`~judgeq_cache.prefill.SharedPrefill`,
+Every method compresses a copy of one shared prefill (:class:`~judgeq_cache.cache.prefill.SharedPrefill`,
 the harness's own method options), then one forward over the appended instruction (query-agnostic)
 and the answer gives every answer token's NLL. The first answer token of a question-first prompt
 comes from the prefill's own logits (eviction happens after them), so it is the same for every method.
@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ..adapter import JudgeQAdapter
-from ..prefill import SharedPrefill
+from ..cache.prefill import SharedPrefill
 from ..training.instructions import sampled_answer
 from .fidelity_prompts import FidelityPrompt, fidelity_layout
 from .layouts import PromptLayout

@@ -29,7 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import utils
-from ..budget import Budget
+from ..cache.budget import Budget
 from .layouts import PromptLayout
 from .loop import Answer, check_known, decode_in_batches, run_backend
 from .records import Record, budget_label

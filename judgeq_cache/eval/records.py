@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..budget import Budget
+from ..cache.budget import Budget
 
 __all__ = [
     "Record",
@@ -115,7 +115,7 @@ def _number(text: str) -> int | float:
 
 
 def budget_label(budget: int | float) -> str:
-    """``0.25`` -> ``"25%"``, ``256`` -> ``"256"`` (:class:`~judgeq_cache.budget.Budget`'s label)."""
+    """``0.25`` -> ``"25%"``, ``256`` -> ``"256"`` (:class:`~judgeq_cache.cache.budget.Budget`'s label)."""
     return str(Budget.parse(budget))
 
 

@@ -13,8 +13,8 @@ import torch
 
 from ..adapter import JudgeQAdapter
 from ..cache import EvictionCache
+from ..cache.prefill import SharedPrefill
 from ..hitrate import hit_rate, needle_recall
-from ..prefill import SharedPrefill
 from ..utils import cache_kwarg, eos_token_ids
 from .layouts import PromptLayout as Prompt
 from .loop import Answer, check_known, decode_answer, decode_in_batches, run_backend

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import kernels
 from ..adapter import JudgeQAdapter
-from ..budget import Budget
+from ..cache.budget import Budget
 from ..hitrate import hit_rate, needle_recall
 from ..scorers import LayerInputs, Scorer, make_scorer
 from .config import LOSSES, TrainConfig

@@ -1,6 +1,8 @@
-"""Reproduce the bundled SmolLM2-135M-Instruct adapter (CPU, offline, resumable).
+"""Reproduce a shipped adapter (CPU, offline, resumable): SmolLM2-135M-Instruct or Gemma-3-270M.
 
     python scripts/train_bundled.py --work runs/bundled --threads 2
+    python scripts/train_bundled.py --model gemma3 --work runs/gemma3 --threads 2 \
+        --variants topk:32:300,kl-shared:32:300,topk:32:600
     python scripts/train_bundled.py --work runs/bundled --stage prepare  # data only
 
 1. ``--train-prompts`` + ``--heldout-prompts`` retrieval prompts over the bundled books
@@ -31,15 +33,16 @@ import torch
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.adapter import model_card
-from judgeq_cache.models import load_embedded_model
+from judgeq_cache.models import embedded_model, load_model
 from judgeq_cache.training import TrainConfig, train
 from judgeq_cache.training.continuations import continuation_prompts
 from judgeq_cache.training.facts import fact_prompts
 from judgeq_cache.training.instructions import instruction_prompts
 from judgeq_cache.training.prepared import load_prepared, prepare_to_disk
 
-HERE = Path(__file__).resolve().parents[1] / "judgeq_cache" / "pretrained" / "smollm2-135m-instruct"
+PRETRAINED = Path(__file__).resolve().parents[1] / "judgeq_cache" / "pretrained"
 log = logging.getLogger("train_bundled")
+DEFAULT_NAMES = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma-3-270m"}
 FILES = ("adapter_config.json", "adapter_model.safetensors", "loss_curve.png", "history.jsonl", "report.json")
 
 
@@ -67,6 +70,12 @@ def instruction_examples(model, tokenizer, args, data: Path) -> tuple[list, list
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/bundled")
+    p.add_argument("--model", default="smollm2", help="embedded model key or alias (smollm2, gemma3)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="shipped adapter folder under judgeq_cache/pretrained/ (default: from --model)",
+    )
     p.add_argument("--stage", choices=["prepare", "all"], default="all")
     p.add_argument("--train-prompts", type=int, default=144)
     p.add_argument("--heldout-prompts", type=int, default=16)
@@ -112,7 +121,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
     t_start = time.perf_counter()
-    model, tokenizer = load_embedded_model()
+    spec = embedded_model(args.model)
+    here = PRETRAINED / (args.name or DEFAULT_NAMES.get(spec.key, spec.cache_name))
+    model, tokenizer = load_model(spec.key)
     prompts = fact_prompts(
         tokenizer,
         args.train_prompts + args.heldout_prompts,
@@ -194,6 +205,7 @@ def main() -> None:
             "train_prompts": len(train_ex),
             "heldout_prompts": len(held_ex),
             "prompt_tokens": [args.min_tokens, args.max_tokens],
+            "model": spec.model_id,
             "corpora": ["brown", "moby_dick"],
             "futures": "reference answers (teacher-forced); 'later' layout: every fact's question + answer",
             "continuation_prompts": [args.continuation_prompts, args.continuation_heldout],
@@ -207,14 +219,15 @@ def main() -> None:
     if args.no_install:
         return
     src = work / best.replace(":", "-")
+    here.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        shutil.copyfile(src / name, HERE / name)
-    (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    adapter = JudgeQAdapter.from_pretrained(HERE)
+        shutil.copyfile(src / name, here / name)
+    (here / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    adapter = JudgeQAdapter.from_pretrained(here)
     adapter.config.training["prepare_seconds"] = round(prep_seconds, 1)
     adapter.config.training["variants_compared"] = {k: round(v[0], 4) for k, v in results.items()}
-    adapter.save_pretrained(HERE)
-    (HERE / "README.md").write_text(model_card(adapter, images=["loss_curve.png"]))
+    adapter.save_pretrained(here)
+    (here / "README.md").write_text(model_card(adapter, images=["loss_curve.png"]))
     log.info("done in %.0f s", time.perf_counter() - t_start)
 
 

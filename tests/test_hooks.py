@@ -10,7 +10,7 @@ from conftest import cache_kwargs, make_model
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache
-from judgeq_cache.cache import compression
+from judgeq_cache.cache import forwards
 from judgeq_cache.cache.capture import attention_modules
 
 PROTOCOL = ("on_model_call", "on_forward_start", "on_forward_end", "on_attention_call")
@@ -47,13 +47,13 @@ def _spy(monkeypatch) -> dict[str, int]:
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(EvictionCache, name, spy)
-    original_fit = compression.fit_attention_mask
+    original_fit = forwards.fit_attention_mask
 
     def fit(*args, **kwargs):
         calls["fit_attention_mask"] += 1
         return original_fit(*args, **kwargs)
 
-    monkeypatch.setattr(compression, "fit_attention_mask", fit)
+    monkeypatch.setattr(forwards, "fit_attention_mask", fit)
     return calls
 
 

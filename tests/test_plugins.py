@@ -92,3 +92,34 @@ def test_a_toy_scorer_from_hidden_states_and_keys_keeps_its_own_top_k_in_generat
         score = keys.norm(dim=-1) + inputs[layer][..., :4].sum(dim=-1)[:, None, :]
         want = score.topk(8, dim=-1).indices.sort(dim=-1).values
         assert torch.equal(kept, want), layer
+
+
+def test_the_cache_holds_its_state_in_records_that_reset_fork_and_stack_rebuild():
+    """No mixins: the cache is a ``DynamicCache`` with state records; ``reset()`` replaces the prompt's
+    record whole (nothing of the last prompt survives), ``fork()`` and ``stack()`` build their own."""
+    from judgeq_cache.cache.state import PromptState
+    from judgeq_cache.cache.triggers import ChunkedPrefill, OneShot
+
+    assert EvictionCache.__bases__ == (DynamicCache,)
+    model = make_model("llama")
+    cache = EvictionCache(model, 8, "streamingllm", auto_compress=False)
+    with torch.no_grad():
+        model(input_ids=_ids(), **cache_kwargs(model, cache))
+    assert isinstance(cache.state.prefill_trigger, OneShot) and not cache.state.compressed
+    twin = cache.fork(budget=6)
+    assert twin.state is not cache.state and twin.state.prefill is cache.state.prefill
+    assert twin.binding.model is cache.binding.model and twin.state.kept_indices == {}
+    twin.compress()
+    assert twin.state.compressed and twin.state.prefill_trigger is None and not cache.state.compressed
+    assert all(k.shape[-1] == 6 for k in twin.kept_indices.values())
+    stacked = EvictionCache.stack([twin, twin.fork()])
+    assert stacked.state.compressed and stacked.state.prefill.key_mask.shape[0] == 2
+    twin.reset()
+    assert twin.state == PromptState() and twin.compression_seconds == 0.0
+    chunked = EvictionCache(model, 8, "snapkv", window_size=4)
+    with torch.no_grad(), chunked.chunked_prefill():
+        for chunk in _ids().split(12, dim=-1):
+            model(input_ids=chunk, **cache_kwargs(model, chunked))
+            assert isinstance(chunked.state.prefill_trigger, ChunkedPrefill) and chunked.state.chunking
+            assert max(layer.stored_length for layer in chunked.layers) == 8
+    assert chunked.state.prefill_trigger is None and chunked.is_compressed

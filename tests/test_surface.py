@@ -27,6 +27,8 @@ CACHE_CORE = {
     "layers.py",
     "triggers.py",
     "rows.py",
+    "forwards.py",
+    "state.py",
 }
 
 
@@ -202,8 +204,10 @@ def test_no_module_outside_the_cache_core_uses_the_caches_underscored_members():
     plain = DynamicCache(config=model.config)
     private = {n for n in set(vars(cache)) - set(vars(plain)) if n.startswith("_")}
     private |= {n for n in set(dir(EvictionCache)) - set(dir(DynamicCache)) if re.fullmatch(r"_[a-z]\w*", n)}
-    assert {"_prefill", "_compressed", "_evictable", "_attn_names", "_cache_kwarg"} <= private
-    pattern = re.compile(r"\.(" + "|".join(sorted(private)) + r")\b")
+    assert {"_triggers", "_closed"} <= private
+    # The state records are read outside the core at most; written (``cache.state.x = ...``) only in it.
+    writes = r"|(state|forward|binding)\.\w+(\[[^]]*\])?\s*(=[^=]|\+=)"
+    pattern = re.compile(r"\.(" + "|".join(sorted(private)) + r")\b" + writes)
     package = Path(judgeq_cache.__file__).parent
     offenders = [
         f"{path.relative_to(package)}:{number}: {line.strip()}"
@@ -229,3 +233,51 @@ def test_no_package_module_imports_another_modules_underscored_names():
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert offenders == []
+
+
+def _module_imports(path: Path, package: Path) -> set[str]:
+    """Modules of the package that ``path`` imports when it is imported (top-level statements only:
+    imports inside functions and ``if TYPE_CHECKING:`` blocks run later or never)."""
+    import ast
+
+    name = ".".join(("judgeq_cache", *path.relative_to(package).with_suffix("").parts))
+    name = name.removesuffix(".__init__")
+    base = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            parent = base
+            for _ in range(node.level - 1):
+                parent = parent.rpartition(".")[0]
+            module = (parent + "." + node.module if node.module else parent) if node.level else node.module
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m.startswith("judgeq_cache")}
+
+
+def test_the_package_has_no_import_cycle():
+    package = Path(judgeq_cache.__file__).parent
+    files = {
+        ".".join(("judgeq_cache", *p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    graph = {
+        name: {m for m in _module_imports(path, package) if m in files and m != name}
+        for name, path in files.items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path, node, nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    cycles = [c for name in sorted(graph) if name not in state and (c := visit(name, []))]
+    assert cycles == []

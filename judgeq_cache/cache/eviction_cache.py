@@ -1,35 +1,35 @@
 """EvictionCache: a DynamicCache that prunes the prompt's KV right after prefill.
 
-As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`.layers`). This module holds
-the class and its public surface; what it does on each forward lives in :mod:`.compression` and
-:mod:`.triggers` (see ``docs/architecture.md`` for the data flow and every module's one job).
+As in transformers' ``cache_utils``, the cache is a list of layers (:mod:`.layers`); beside them it
+holds two small state records (:mod:`.state`: the prompt's, the running forward's), what it knows
+of its model (:class:`~.state.ModelBinding`), its scorer, budget and triggers. It is passive: the
+model's hooks call its ``on_*`` methods, which hand over to :mod:`.forwards`; how it evicts lives in
+:mod:`.compression`, when in :mod:`.triggers` (``docs/architecture.md`` draws the data flow).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from .. import tensor_parallel, utils
 from ..scorers import Scorer, make_scorer
-from . import hooks
+from . import compression, copies, forwards, hooks, rows, triggers
 from .budget import Budget
-from .capture import AttentionCapture, QueryPlan, attention_implementations, attention_modules
-from .compression import PromptCompression
+from .capture import AttentionCapture, QueryPlan, attention_modules
 from .guards import another_model_error, closed_error
-from .layers import EvictableLayer, copy_layer, peek_layer, query_length
-from .prefill_record import Drafts, PrefillRecord, load_layers
-from .rows import BatchRows, stack_caches
+from .layers import EvictableLayer, peek_layer, query_length
 from .schedule import DecodeEvery, Trigger, make_triggers
-from .triggers import ChunkedPrefill, QueryScores
+from .state import ForwardState, ModelBinding, PromptState
 
 
-class EvictionCache(PromptCompression, BatchRows, DynamicCache):
+class EvictionCache(DynamicCache):
     """A drop-in ``DynamicCache`` that keeps only the best ``budget`` prompt entries per KV head.
 
     When the first forward into the empty cache (the prefill) returns, ``scorer`` scores every
@@ -38,15 +38,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     positions, whether the forward came from ``generate`` or from a direct ``model(...)`` call.
     Sliding-window layers (Gemma-3 style) already hold only a window and are left alone.
 
-    Assisted decoding and prompt lookup put candidate tokens into the prefill forward (``generate``
-    asks for their logits, ``logits_to_keep = candidates + 1``): only the prompt before them is
-    compressed, and they are run again over the compressed prompt, so their logits and entries are
-    those of a forward after compression and ``generate`` can crop the rejected ones.
-
-    A chunked prefill is evicted after every chunk (:meth:`chunked_prefill`); see ``decode_every`` and
-    ``triggers`` for eviction after the prefill. What ``generate`` does not pass to the model
-    (``prefill_chunk_size``, candidates) comes from a thin wrapper on ``model.generate``
-    (:mod:`.generate_call`), never guessed; query capture is per thread; :meth:`close` removes the hooks.
+    A chunked prefill is evicted after every chunk (:meth:`chunked_prefill`), later forwards when a
+    trigger says so. Candidates of assisted decoding are set aside and run again over the compressed
+    prompt (:mod:`.prefill_record`); what ``generate`` does not pass to the model comes from a thin
+    wrapper on ``model.generate`` (:mod:`.generate_call`).
 
     Parameters
     ----------
@@ -63,14 +58,11 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         Compress automatically when the prefill returns (default). With ``False``, call
         :meth:`compress` yourself (or use :meth:`appended_attention` for analysis and training).
     decode_every : int or None
-        Decode-time eviction: every ``decode_every`` tokens added after the prefill (generated tokens,
-        later questions), score the stored entries again and evict back to ``budget`` (an ``int`` as
-        it is; a fraction of each row's prompt length), always keeping the scorer's
-        ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's budget). The cache
-        then never stores more than ``max(budget, kept prompt) + decode_every - 1 + T`` entries per
-        KV head, ``T`` the tokens of the largest forward after the prefill (so ``+ decode_every``
-        when decoding token by token; a 10-token question right after ``decode_every - 1`` decoded
-        tokens reaches the bound). ``None`` (default): evict once, at the prefill, as the paper does.
+        Decode-time eviction: every ``decode_every`` tokens added after the prefill, score the stored
+        entries again and evict back to ``budget``, keeping the scorer's ``decode_recent_tokens``
+        newest entries; the cache then stores at most ``max(budget, kept prompt) + decode_every - 1 + T``
+        entries per KV head (``T``: the largest forward after the prefill; see :class:`~.schedule.DecodeEvery`).
+        ``None`` (default): evict once, at the prefill, as the paper does.
     triggers : sequence of Trigger
         More decode-time triggers (:class:`~judgeq_cache.schedule.Trigger` plug-ins, each one class;
         ``decode_every=N`` is ``DecodeEvery(N)``): after the prefill, the cache evicts as above
@@ -80,13 +72,10 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
 
     Attributes
     ----------
-    kept_indices : dict[int, Tensor]
-        Logical positions kept by each evicted layer at its last eviction, ``[B, Hkv, k]`` in original
-        order (prompt positions after a one-shot prefill). In a padded
-        batch whose rows keep different counts, ``k`` is the largest; a row that keeps fewer repeats its
-        first kept position in its leading (masked) filler slots.
-    prompt_length : int
-        Tokens in the compressed prompt (0 before prefill; in a chunked prefill, the chunks so far).
+    kept_indices, prompt_length, compression_seconds
+        Read from :attr:`state` (:class:`~.state.PromptState` documents them).
+    state, forward, binding : PromptState, ForwardState, ModelBinding
+        The prompt's state, the running forward's, and what the cache knows of its model (:mod:`.state`).
 
     The ``on_*`` methods are the hook protocol (:mod:`.hooks`), called by the model's hooks, not by users.
     """
@@ -119,61 +108,55 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         self.layers = [
             EvictableLayer(reserve) if type(layer) is DynamicLayer else layer for layer in self.layers
         ]
-        self._evictable = [i for i, layer in enumerate(self.layers) if isinstance(layer, EvictableLayer)]
-        if not self._evictable:
+        evictable = tuple(i for i, layer in enumerate(self.layers) if isinstance(layer, EvictableLayer))
+        if not evictable:
             raise TypeError(
                 "this model has no full-attention layers to evict (all layers are sliding-window)"
             )
-        self._model = model
-        self._base_model = model.base_model
-        self._attn_names = attention_implementations(model)
-        self._attention_modules = attention_modules(self._base_model)
-        self._attention_by_layer = {m.layer_idx: m for m in self._attention_modules}
-        self._hidden_states: dict[int, torch.Tensor] = {}
-        self._closed = False
-        self._cache_kwarg = utils.cache_kwarg(self._base_model)
+        self.binding = ModelBinding.of(model, evictable)
         self.auto_compress = auto_compress
-        self.kept_indices: dict[int, torch.Tensor] = {}
-        self.prompt_length = 0
-        self.compression_seconds = 0.0
-        self._prefill: PrefillRecord | None = None
-        self._capture: AttentionCapture | None = None
-        self._window: dict[int, torch.Tensor] | None = None
-        self._compressed = False
-        self._dry = False
-        self._drafts: Drafts | None = None
-        self._logits_to_keep: Any = None
-        self._forward_depth = 0
-        self._prefill_failed = False
-        self._chunks: ChunkedPrefill | None = None
-        self._manual_chunks = False
+        self.state = PromptState()
+        self.forward = ForwardState()
         self._triggers: list[Trigger] = make_triggers(decode_every, triggers)
-        self._decode_scores = QueryScores()
-        self._decode_budgets: list[list[int]] | None = None
-        self._step: PrefillRecord | None = None
-        hooks.attach(self, model, self._base_model)
+        self._closed = False
+        hooks.attach(self, model, self.binding.base_model)
 
     # ------------------------------------------------------------------ cache API
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if self._dry:  # scoring pass: attend over stored + new, store nothing
+        if self.forward.scoring_pass:  # attend over stored + new, store nothing
             return peek_layer(self.layers[layer_idx], key_states, value_states)
-        if self._prefill is None or self._forward_depth == 0:
+        if self.state.prefill is None or self.forward.depth == 0:
             raise closed_error() if self._closed else another_model_error()
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def get_mask_sizes(self, query: int | torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[int, int]:
         layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
-        if isinstance(layer, EvictableLayer) and self._ragged:
+        if isinstance(layer, EvictableLayer) and self.ragged:
             # One mask serves all full-attention layers: size it for the longest; the attention hook
             # right-slices it per layer (see attention_masks.fit_attention_mask).
-            stored = max(self.layers[i].stored_length for i in self._evictable)
+            stored = max(self.layers[i].stored_length for i in self.binding.evictable)
             return stored + query_length(query), layer.get_seq_length() - stored
         return super().get_mask_sizes(query, layer_idx, *args, **kwargs)
 
     @property
-    def _ragged(self) -> bool:
-        lengths = {self.layers[i].stored_length for i in self._evictable}
-        return len(lengths) > 1
+    def ragged(self) -> bool:
+        """Whether the evictable layers store different numbers of entries (per-layer budgets)."""
+        return len({self.layers[i].stored_length for i in self.binding.evictable}) > 1
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        rows.map_rows(
+            self.state, lambda t: t.index_select(0, beam_idx.to(t.device)), rows.batch_rows(self.state)
+        )
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        before = rows.batch_rows(self.state)
+        super().batch_repeat_interleave(repeats)
+        rows.map_rows(self.state, lambda t: t.repeat_interleave(repeats, dim=0), before)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        rows.map_rows(self.state, lambda t: t[indices.to(t.device)], rows.batch_rows(self.state))
 
     def kv_bytes(self) -> int:
         """Bytes of keys and values stored right now, all layers."""
@@ -181,20 +164,60 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
 
     def reset(self) -> None:
         super().reset()
-        self.kept_indices = {}
-        self.prompt_length = 0
-        self.compression_seconds = 0.0
-        self._prefill_failed = False
-        self._hidden_states = {}
-        self._prefill = None
-        self._drafts = None
-        self._window = None
-        self._compressed = False
-        self._chunks = None
-        self._decode_budgets = None
-        self._decode_scores.clear()
+        self.state = PromptState()
         for trigger in self._triggers:
             trigger.reset()
+
+    # ------------------------------------------------------------------ the hook protocol
+    def on_model_call(self, module: nn.Module, kwargs: dict[str, Any] | None) -> None:
+        forwards.model_call(self, module, kwargs)
+
+    def on_forward_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        forwards.forward_start(self, module, args, kwargs)
+
+    def on_forward_end(self, module: nn.Module, succeeded: bool, output: Any = None) -> None:
+        forwards.forward_end(self, module, succeeded, output)
+
+    def on_attention_call(self, module: nn.Module, kwargs: dict[str, Any], hidden: Any) -> None:
+        forwards.attention_call(self, module, kwargs, hidden)
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def kept_indices(self) -> dict[int, torch.Tensor]:
+        """Logical positions each evicted layer kept at its last eviction, ``[B, Hkv, k]``, in order; a
+        row keeping fewer than ``k`` repeats its first one in its leading (masked) filler slots."""
+        return self.state.kept_indices
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens in the prompt (0 before the prefill; in a chunked prefill, the chunks so far)."""
+        return self.state.prompt_length
+
+    @property
+    def compression_seconds(self) -> float:
+        """Time spent scoring and evicting the prompt held now (all its evictions)."""
+        return self.state.compression_seconds
+
+    @property
+    def is_compressed(self) -> bool:
+        """Whether the compression step is done (whether or not it evicted anything)."""
+        return self.state.compressed
+
+    @property
+    def evictable_layers(self) -> tuple[int, ...]:
+        """Indices of the full-attention layers this cache scores and evicts."""
+        return self.binding.evictable
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The forward argument this cache is passed as (``"cache"`` on transformers >= 5.24)."""
+        return self.binding.cache_kwarg
+
+    @property
+    def prefill_mask(self) -> torch.Tensor | None:
+        """``[B, N]`` bool over the prefilled prompt, ``False`` on padding (None before the prefill);
+        the cache's own tensor, to read, not to modify."""
+        return None if self.state.prefill is None else self.state.prefill.key_mask
 
     @property
     def decode_every(self) -> int | None:
@@ -207,13 +230,45 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         """When the compressed cache evicts again (``decode_every=N`` is ``DecodeEvery(N)``)."""
         return tuple(self._triggers)
 
+    def compress(
+        self,
+        attention: dict[int, torch.Tensor] | None = None,
+        window: dict[int, torch.Tensor] | None = None,
+    ) -> None:
+        """Score the prefilled prompt and keep the top entries per KV head (done automatically after
+        prefill unless ``auto_compress=False``). ``attention`` overrides the captured attention;
+        ``window`` is the last prompt queries' attention for scorers that mix it in
+        (:meth:`~judgeq_cache.scorers.Scorer.captured_window`)."""
+        compression.compress(self, attention, window)
+
+    def appended_attention(self, inputs: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Mean attention ``{layer: [B, Hkv, N]}`` of extra tokens run right after the prompt.
+
+        ``inputs`` holds ``input_ids`` or ``inputs_embeds`` ``[B, m, ...]``. The tokens attend to the
+        prefilled prompt (and causally to each other) at the positions that follow it; nothing is
+        stored and no logits are computed. Runs under the caller's grad mode, so soft rows can be
+        trained through it.
+        """
+        self.check_uncompressed_prefill("appended_attention")
+        masks = {i: compression.stored_mask(self, i) for i in self.binding.evictable}
+        return compression.appended_scores(self, inputs, masks)
+
+    def scoring_pass(self) -> contextlib.AbstractContextManager[None]:
+        """Forwards inside this block attend over the cache but store nothing in it."""
+        return self.forward.scoring()
+
+    def chunked_prefill(self) -> contextlib.AbstractContextManager[EvictionCache]:
+        """Every forward into this empty cache inside the block is one chunk of the prefill, evicted
+        back to the budget when it returns (stored entries never exceed budget + chunk); the prefill
+        ends with the block. A left-padded row equals that row run alone with the same chunk size
+        only when its padding is a multiple of the chunk (:func:`.triggers.chunked_prefill`)."""
+        return triggers.chunked_prefill(self)
+
     def close(self) -> None:
-        """Release the model: when no other open cache of it is left, every hook this package put on
-        it (forward hooks, attention hooks, the ``generate`` wrapper) is removed. The cache can no
-        longer be used with the model afterwards. Also done on leaving ``with EvictionCache(...) as
-        cache:``."""
+        """Release the model: when no other open cache of it is left, every hook of this package on it
+        is removed (also done on leaving ``with EvictionCache(...) as cache:``)."""
         self._closed = True
-        hooks.detach(self, self._base_model)
+        hooks.detach(self, self.binding.base_model)
 
     @property
     def closed(self) -> bool:
@@ -229,45 +284,15 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
     def __deepcopy__(self, memo: dict[int, Any]) -> EvictionCache:
         """A copy with its own keys, values and state that keeps the same model and scorer (what
         transformers documents for prefix reuse: ``copy.deepcopy(prompt_cache)``)."""
-        for shared in (self._model, self._base_model, self.scorer, *self._attention_modules):
-            memo[id(shared)] = shared
-        twin = type(self).__new__(type(self))
-        memo[id(self)] = twin
-        for name, value in vars(self).items():
-            object.__setattr__(twin, name, copy.deepcopy(value, memo))
-        if not self._closed:
-            hooks.attach(twin, self._model, self._base_model)
-        return twin
-
-    # ------------------------------------------------------------------ public surface
-    @property
-    def is_compressed(self) -> bool:
-        """Whether the compression step is done (whether or not it evicted anything)."""
-        return self._compressed
-
-    @property
-    def evictable_layers(self) -> tuple[int, ...]:
-        """Indices of the full-attention layers this cache scores and evicts."""
-        return tuple(self._evictable)
-
-    @property
-    def cache_kwarg(self) -> str:
-        """The forward argument this cache is passed as (``"cache"`` on transformers >= 5.24)."""
-        return self._cache_kwarg
-
-    @property
-    def prefill_mask(self) -> torch.Tensor | None:
-        """``[B, N]`` bool over the prefilled prompt, ``False`` on padding (None before the prefill);
-        the cache's own tensor, to read, not to modify."""
-        return None if self._prefill is None else self._prefill.key_mask
+        return copies.deep_copy(self, memo)
 
     def query_capture(
         self, query_slice: slice, causal_offset: int, num_out: int, key_mask: torch.Tensor | None
     ) -> AttentionCapture:
         """A context manager scoring ``query_slice`` of every evictable layer's attention calls (see
         :class:`~judgeq_cache.capture.QueryPlan`); ``.scores`` holds ``{layer: [B, Hkv, num_out]}``."""
-        plan = QueryPlan(query_slice, causal_offset, num_out, key_mask, self._layer_set())
-        return AttentionCapture(self._attention_modules, plan)
+        plan = QueryPlan(query_slice, causal_offset, num_out, key_mask, frozenset(self.binding.evictable))
+        return AttentionCapture(self.binding.attention_modules, plan)
 
     def load_prefill(
         self,
@@ -278,10 +303,7 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         """Adopt an already computed prompt KV (one ``(keys, values)`` ``[B, Hkv, N, D]`` per layer)
         as this cache's prefill, as if the prompt had just run through the model; nothing is
         compressed (call :meth:`compress`, or use :meth:`appended_attention`)."""
-        if self._prefill is not None or self.get_seq_length() > 0:
-            raise RuntimeError("load_prefill needs an empty cache")
-        self._prefill = load_layers(self.layers, keys_values, key_mask, position_ids)
-        self.prompt_length = self._prefill.length
+        copies.load_prefill(self, keys_values, key_mask, position_ids)
 
     def fork(
         self,
@@ -297,33 +319,14 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
 
         On a compressed cache, ``fork()`` without arguments is a branch for prefix reuse: a copy with
         its own entries and state, same model, budget and scorer (``copy.deepcopy(cache)``)."""
-        if self._compressed and budget is None and scorer is None and not scorer_options:
-            return copy.deepcopy(self)
-        if self._compressed:
-            raise RuntimeError(
-                "fork needs a prefilled, not yet compressed cache to take another budget or scorer; "
-                "fork() without arguments branches a compressed cache as it is"
-            )
-        self._check_uncompressed_prefill("fork")
-        twin = EvictionCache(
-            self._model,
-            self.budget if budget is None else budget,
-            self.scorer if scorer is None else scorer,
-            auto_compress=False,
-            **scorer_options,
-        )
-        twin.layers = [copy_layer(layer) for layer in self.layers]
-        twin._prefill, twin._drafts, twin._window = self._prefill, self._drafts, self._window
-        twin._hidden_states = dict(self._hidden_states)
-        twin.prompt_length = self.prompt_length
-        return twin
+        return copies.fork(self, EvictionCache, budget, scorer, **scorer_options)
 
     def skip_compression(self) -> None:
         """Finish a prefilled cache without evicting anything (the full-cache baseline): it counts as
         compressed, later forwards append, and :meth:`compress` refuses."""
-        self._check_uncompressed_prefill("skip_compression")
-        self._compressed = True
-        self._drafts = None
+        self.check_uncompressed_prefill("skip_compression")
+        self.state.compressed = True
+        self.state.drafts = self.state.prefill_trigger = None
 
     @staticmethod
     def stack(caches: Sequence[EvictionCache]) -> EvictionCache:
@@ -331,18 +334,14 @@ class EvictionCache(PromptCompression, BatchRows, DynamicCache):
         forward (rows never interact: the result equals decoding each alone). The caches must be
         compressed, built for one model from prompts of one length, and store the same number of
         entries in each layer; they are left as they are. The result has no ``kept_indices``."""
-        return stack_caches(
-            caches, lambda first: EvictionCache(first._model, first.budget, first.scorer, auto_compress=False)
-        )
+        return copies.stack(caches, EvictionCache)
 
-    def _check_uncompressed_prefill(self, what: str) -> None:
-        if self._prefill is None or self._compressed:
+    def check_uncompressed_prefill(self, what: str) -> None:
+        """Refuse ``what`` unless the cache holds a prefilled, not yet compressed prompt."""
+        if self.state.prefill is None or self.state.compressed:
             raise RuntimeError(f"{what} needs a prefilled, not yet compressed cache")
-        if self._chunks is not None:
+        if self.state.chunking:
             raise RuntimeError(f"{what} cannot run inside a chunked prefill (after a chunk was evicted)")
-
-    def _layer_set(self) -> frozenset[int]:
-        return frozenset(self._evictable)
 
 
 # The public import path (``from judgeq_cache.cache import EvictionCache``), also for pickling.

@@ -2,8 +2,8 @@
 
 ``generate`` reorders rows for beam search (``reorder_cache``) and repeats or selects them
 (``batch_repeat_interleave``, ``batch_select_indices``). The layers handle their own keys, values and
-filler masks; :class:`BatchRows` applies the same operation to the per-row state the cache keeps
-beside them: the kept positions, the prompt record and the queries accumulated for decode-time
+filler masks; :func:`map_rows` applies the same operation to the per-row state the cache keeps
+beside them (:class:`~.state.PromptState`): the kept positions, the prompt record and the queries accumulated for decode-time
 eviction.
 """
 
@@ -16,45 +16,28 @@ import torch
 
 from .layers import stack_layers
 from .prefill_record import PrefillRecord
-from .triggers import QueryScores
+from .state import PromptState
 
 
-class BatchRows:
-    """Mixin of :class:`~judgeq_cache.cache.EvictionCache` (before ``DynamicCache`` in its bases)."""
+def batch_rows(state: PromptState) -> int | None:
+    """Rows of the prompt a cache holds (None before the prefill)."""
+    return None if state.prefill is None else state.prefill.key_mask.shape[0]
 
-    kept_indices: dict[int, torch.Tensor]
-    _prefill: PrefillRecord | None
-    _decode_scores: QueryScores
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+def map_rows(state: PromptState, fn: Callable[[torch.Tensor], torch.Tensor], rows: int | None) -> None:
+    """Apply a batch-row operation (beam reorder, repeat, select) to the per-row state that lives
+    beside the layers: kept positions, the prompt record, queries accumulated for decode eviction.
+    ``rows``: the batch size before the operation."""
 
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        rows = self._rows()
-        super().batch_repeat_interleave(repeats)
-        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0), rows)
+    def apply(t: Any) -> Any:
+        return fn(t) if t is not None and t.ndim and t.shape[0] == rows else t
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        self._map_rows(lambda t: t[indices.to(t.device)])
-
-    def _rows(self) -> int | None:
-        return None if self._prefill is None else self._prefill.key_mask.shape[0]
-
-    def _map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: int | None = None) -> None:
-        """Apply a batch-row operation (beam reorder, repeat, select) to the per-row state that lives
-        beside the layers: kept positions, the prompt record, queries accumulated for decode eviction."""
-        rows = self._rows() if rows is None else rows
-
-        def apply(t: Any) -> Any:
-            return fn(t) if t is not None and t.ndim and t.shape[0] == rows else t
-
-        self.kept_indices = {layer: apply(kept) for layer, kept in self.kept_indices.items()}
-        self._decode_scores.sums = {layer: apply(s) for layer, s in self._decode_scores.sums.items()}
-        if self._prefill is not None:
-            record = self._prefill
-            self._prefill = PrefillRecord(record.length, apply(record.key_mask), apply(record.position_ids))
+    state.kept_indices = {layer: apply(kept) for layer, kept in state.kept_indices.items()}
+    queries = state.decode_queries
+    queries.sums = {layer: apply(s) for layer, s in queries.sums.items()}
+    if state.prefill is not None:
+        record = state.prefill
+        state.prefill = PrefillRecord(record.length, apply(record.key_mask), apply(record.position_ids))
 
 
 def stack_caches(caches: Sequence[Any], make: Callable[[Any], Any]) -> Any:
@@ -63,7 +46,7 @@ def stack_caches(caches: Sequence[Any], make: Callable[[Any], Any]) -> Any:
     if not caches:
         raise ValueError("stack needs at least one cache")
     first = caches[0]
-    if any(c._model is not first._model for c in caches):
+    if any(c.binding.model is not first.binding.model for c in caches):
         raise ValueError("caches built for different model instances cannot share a batch")
     if not all(c.is_compressed for c in caches):
         raise ValueError("stack needs compressed caches (compress() or skip_compression() them first)")
@@ -80,7 +63,6 @@ def stack_caches(caches: Sequence[Any], make: Callable[[Any], Any]) -> Any:
         )
     merged = make(first)
     merged.layers = [stack_layers([c.layers[i] for c in caches]) for i in range(len(first.layers))]
-    merged._prefill = PrefillRecord.concatenate([c._prefill for c in caches])
-    merged.prompt_length = first.prompt_length
-    merged._compressed = True
+    prefill = PrefillRecord.concatenate([c.state.prefill for c in caches])
+    merged.state = PromptState(prompt_length=first.prompt_length, prefill=prefill, compressed=True)
     return merged

@@ -79,6 +79,20 @@ def cache_kwargs(model, cache) -> dict:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+def greedy_logits(model, ids, mask, **kwargs) -> torch.Tensor:
+    """``[4, B, vocab]``: the logits of 4 greedily generated tokens (``kwargs`` go to ``generate``)."""
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    return torch.stack(out.logits)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param

@@ -79,6 +79,51 @@ def cache_kwargs(model, cache) -> dict:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+def greedy_logits(model, ids, mask, **kwargs) -> torch.Tensor:
+    """``[4, B, vocab]``: the logits of 4 greedily generated tokens (``kwargs`` go to ``generate``)."""
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    return torch.stack(out.logits)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def refuse_model_loading(monkeypatch) -> None:
+    """Argument errors must come before any model is loaded: loading one fails the test."""
+    import judgeq_cache.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the arguments are bad")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
+    monkeypatch.setattr("judgeq_cache.cli.bench._load", refuse)
+
+
+@pytest.fixture
+def tiny_demo_models(monkeypatch) -> None:
+    """``judgeq demo`` gets a tiny random model and tokenizer and an untrained adapter (no downloads)."""
+    from test_eval import tiny_model, tiny_tokenizer
+
+    import judgeq_cache.eval.loading as loading
+    import judgeq_cache.models as models
+    from judgeq_cache import JudgeQAdapter
+
+    model, tok = tiny_model(), tiny_tokenizer()
+    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
+    monkeypatch.setattr(
+        loading,
+        "load_adapter",
+        lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter"),
+    )

@@ -96,9 +96,14 @@ def one_pass_soft_attention(model, prompt_ids: torch.Tensor, rows: torch.Tensor)
     soft = rows.to(embeds.dtype)[None].expand(bsz, -1, -1)
     with _attention(model, "eager"):
         out = model(inputs_embeds=torch.cat([embeds, soft], dim=1), output_attentions=True, use_cache=False)
-    kv_heads = model.config.num_key_value_heads
+    return attention_after(out.attentions, n, model.config.num_key_value_heads)
+
+
+def attention_after(attentions: tuple[torch.Tensor, ...], n: int, kv_heads: int) -> dict[int, torch.Tensor]:
+    """``{layer: [B, Hkv, n]}`` from eager ``output_attentions``: the mean attention of the queries
+    from position ``n`` on over the first ``n`` keys, the query heads of each KV group averaged."""
     result = {}
-    for layer, attn in enumerate(out.attentions):
+    for layer, attn in enumerate(attentions):
         b, hq, q, _ = attn.shape
         part = attn[:, :, n:, :n].float().reshape(b, kv_heads, hq // kv_heads, q - n, n)
         result[layer] = part.mean(dim=(2, 3))

@@ -12,6 +12,7 @@ from typing import ClassVar
 import pytest
 import torch
 from conftest import cache_kwargs, make_model
+from reference import attention_after
 
 from judgeq_cache import EvictionCache
 from judgeq_cache.scorers import LayerInputs, Scorer
@@ -36,13 +37,7 @@ def eager_future_attention(model, prompt: torch.Tensor, future: torch.Tensor) ->
     keys, from one eager forward over ``prompt + future`` (query heads of a KV group averaged)."""
     n = prompt.shape[1]
     out = model(input_ids=torch.cat([prompt, future], dim=1), output_attentions=True, use_cache=False)
-    kv_heads = model.config.num_key_value_heads
-    result = {}
-    for layer, attn in enumerate(out.attentions):
-        b, hq, q, _ = attn.shape
-        part = attn[:, :, n:, :n].float().reshape(b, kv_heads, hq // kv_heads, q - n, n)
-        result[layer] = part.mean(dim=(2, 3))
-    return result
+    return attention_after(out.attentions, n, model.config.num_key_value_heads)
 
 
 class GivenScores(Scorer):

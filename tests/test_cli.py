@@ -13,17 +13,7 @@ import judgeq_cache.models as models
 from judgeq_cache.cli import main
 from judgeq_cache.eval.records import parse_budget
 
-
-@pytest.fixture(autouse=True)
-def no_model_loading(monkeypatch):
-    """Argument errors must come before any model is loaded: loading one fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded although the arguments are bad")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
-    monkeypatch.setattr("judgeq_cache.cli.bench._load", refuse)
+pytestmark = pytest.mark.usefixtures("refuse_model_loading")
 
 
 BAD = [
@@ -151,21 +141,13 @@ def test_budget_types_reach_the_harness(monkeypatch):
     assert seen["methods"] == ["full", "snapkv"] and seen["settings"] == ["query-agnostic"]
 
 
-def test_demo_without_matplotlib_skips_the_plot_with_install_hint(monkeypatch, tmp_path, caplog, capsys):
+def test_demo_without_matplotlib_skips_the_plot_with_install_hint(
+    monkeypatch, tmp_path, caplog, capsys, tiny_demo_models
+):
     import logging
 
-    from test_eval import tiny_model, tiny_tokenizer
-
     import judgeq_cache.cli.args as cliargs
-    from judgeq_cache import JudgeQAdapter
 
-    model, tok = tiny_model(), tiny_tokenizer()
-    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
-    monkeypatch.setattr(
-        loading,
-        "load_adapter",
-        lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter"),
-    )
     monkeypatch.setattr(cliargs.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else 1)
     import judgeq_cache.eval.plots as plots
 

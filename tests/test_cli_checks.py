@@ -17,15 +17,7 @@ import pytest
 import judgeq_cache.models as models
 from judgeq_cache.cli import main
 
-
-@pytest.fixture(autouse=True)
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded although the arguments are bad")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr("judgeq_cache.training.cli._load_model", refuse)
-    monkeypatch.setattr("judgeq_cache.cli.bench._load", refuse)
+pytestmark = pytest.mark.usefixtures("refuse_model_loading")
 
 
 def _bad_cases(tmp) -> list[tuple[list[str], str]]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_eval import tiny_model, tiny_tokenizer
 
-from judgeq_cache import JudgeQAdapter
 from judgeq_cache.cli import main
 from judgeq_cache.cli.demo import METHODS, table
 
@@ -16,17 +14,7 @@ def test_table_aligns_columns():
     assert lines[0].startswith("a     bb") and set(lines[1]) <= {"-", " "} and len(lines) == 4
 
 
-def test_demo_cli_prints_side_by_side_table_and_writes_plot(tmp_path, monkeypatch, capsys):
-    import judgeq_cache.eval.loading as loading
-    import judgeq_cache.models as models
-
-    model, tok = tiny_model(), tiny_tokenizer()
-    monkeypatch.setattr(models, "load_model", lambda name="embedded", **kwargs: (model, tok))
-    monkeypatch.setattr(
-        loading,
-        "load_adapter",
-        lambda m, path=None, **kw: (JudgeQAdapter.init_for(m, 4), "untrained adapter"),
-    )
+def test_demo_cli_prints_side_by_side_table_and_writes_plot(tmp_path, capsys, tiny_demo_models):
     plot = tmp_path / "demo.png"
     assert main(["demo", "--samples", "2", "--length", "150", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out

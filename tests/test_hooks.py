@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import cache_kwargs, make_model
+from conftest import cache_kwargs, greedy_logits, make_model
 from transformers import DynamicCache
 
 from judgeq_cache import EvictionCache
@@ -21,19 +21,6 @@ def _padded_prompt() -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones_like(ids)
     mask[1, :7] = 0
     return ids, mask
-
-
-def _generate_logits(model, ids, mask, **kwargs) -> torch.Tensor:
-    out = model.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=4,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
-    return torch.stack(out.logits)
 
 
 def _spy(monkeypatch) -> dict[str, int]:
@@ -77,8 +64,8 @@ def test_hooked_model_with_a_dynamic_cache_equals_a_never_hooked_copy(arch, attn
     calls.update(dict.fromkeys(calls, 0))
     with torch.no_grad():
         for kwargs in ({}, cache_kwargs(model, DynamicCache(config=model.config))):
-            want = _generate_logits(pristine, ids, mask, **copy.deepcopy(kwargs))
-            got = _generate_logits(model, ids, mask, **kwargs)
+            want = greedy_logits(pristine, ids, mask, **copy.deepcopy(kwargs))
+            got = greedy_logits(model, ids, mask, **kwargs)
             assert torch.equal(got, want)
         want = pristine(input_ids=ids, attention_mask=mask, use_cache=False).logits
         assert torch.equal(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, want)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cache_kwargs, make_model
+from conftest import cache_kwargs, greedy_logits, make_model
 from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -30,16 +30,7 @@ def _padded(seed: int, rows: int = 2, n: int = 24) -> tuple[torch.Tensor, torch.
 
 def _evicting_run(model, make_cache, ids, mask) -> torch.Tensor:
     with make_cache() as cache:
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=4,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **cache_kwargs(model, cache),
-        )
-    return torch.stack(out.logits)
+        return greedy_logits(model, ids, mask, **cache_kwargs(model, cache))
 
 
 def _plain_run(model, ids, mask) -> torch.Tensor:

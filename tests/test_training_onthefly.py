@@ -149,18 +149,9 @@ def test_plan_numbers_by_hand(tmp_path):
     # one layer: q 8*8 + k 8*4 + v 8*4 + o 8*8 = 192, MLP 3*8*16 = 384, norms 16 -> 592
     assert shape.layer_params == 592
     assert shape.params == 2 * 592 + 8 + 2 * 10 * 8 == 1352
-    plan = make_plan(
-        shape,
-        dtype="bfloat16",
-        prompt_tokens=100,
-        response_tokens=5,
-        soft_tokens=3,
-        batch_size=1,
-        prompts=10,
-        steps=7,
-        memory_gb=80,
-        tflops=1e-6,  # 1 MFLOP/s: seconds = MFLOPs
-    )
+    run = dict(dtype="bfloat16", prompt_tokens=100, response_tokens=5, soft_tokens=3, batch_size=1)
+    # tflops=1e-6 is 1 MFLOP/s: seconds = MFLOPs
+    plan = make_plan(shape, **run, prompts=10, steps=7, memory_gb=80, tflops=1e-6)
     assert plan.weights_bytes == 1352 * 2
     # K and V: 2 * 1 KV head * head dim 4 * 2 bytes * 2 layers * 100 tokens
     assert plan.kv_bytes_per_prompt == 3200
@@ -180,15 +171,7 @@ def test_plan_numbers_by_hand(tmp_path):
     assert plan.step_seconds == pytest.approx(0.729664)
     assert plan.targets == "prepared"
     # On a CPU the prefill's attention is SDPA's math path: fp32 logits and probabilities, 2 q heads, 100 x 100
-    cpu = make_plan(
-        shape,
-        dtype="bfloat16",
-        prompt_tokens=100,
-        response_tokens=5,
-        soft_tokens=3,
-        batch_size=1,
-        device="cpu",
-    )
+    cpu = make_plan(shape, **run, device="cpu")
     assert cpu.activation_bytes == 1344 + 7200 + 16000 + 2 * 2 * 100 * 100 * 4
 
 

@@ -71,48 +71,54 @@ positive_int = at_least(1)
 non_negative_int = at_least(0)
 
 
-def positive_float(text: str) -> float:
-    """A ``type=`` for finite floats ``> 0``."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _float_within(
+    accepts: Callable[[float], bool], expected: str, must_be: str, name: str, doc: str
+) -> Callable[[str], float]:
+    """A ``type=`` for floats that ``accepts``; the errors say "expected {expected}" for text that is
+    not a number and "must be {must_be}" for a number out of range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {must_be}, got {text!r}")
+        return value
+
+    parse.__name__, parse.__doc__ = name, doc
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """A ``type=`` for finite floats ``>= 0`` (``nan`` and ``inf`` are refused)."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A ``type=`` for a share in ``[0, 1]`` (both ends included)."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A ``type=`` for a kept fraction in ``(0, 1)``."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text!r}")
-    return value
+_INF = float("inf")
+positive_float = _float_within(
+    lambda v: 0 < v < _INF,
+    "a number",
+    "a positive number",
+    "positive_float",
+    "A ``type=`` for finite floats ``> 0``.",
+)
+non_negative_float = _float_within(
+    lambda v: 0 <= v < _INF,
+    "a number",
+    "a finite number >= 0",
+    "non_negative_float",
+    "A ``type=`` for finite floats ``>= 0`` (``nan`` and ``inf`` are refused).",
+)
+unit_interval = _float_within(
+    lambda v: 0 <= v <= 1,
+    "a number in [0, 1]",
+    "a number in [0, 1]",
+    "unit_interval",
+    "A ``type=`` for a share in ``[0, 1]`` (both ends included).",
+)
+fraction = _float_within(
+    lambda v: 0 < v < 1,
+    "a fraction in (0, 1)",
+    "a fraction in (0, 1)",
+    "fraction",
+    "A ``type=`` for a kept fraction in ``(0, 1)``.",
+)
 
 
 def _items(text: str) -> list[str]:

@@ -13,6 +13,7 @@ even with the full cache, and the report marks such tasks as measuring nothing.
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import corpus_paragraphs
-from .words import ADJECTIVES, CITIES, CODE_WORDS, NOUNS
+from .words import CITIES, CODE_WORDS, distinct, random_key, random_number
 
 __all__ = ["SYNTHETIC_TASKS", "Sample", "make_samples"]
 
@@ -112,21 +113,19 @@ class _Builder:
         return "\n".join(paras)
 
 
-def _key(rng: random.Random) -> str:
-    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+def _task(instruction: str, answer_prefix: str, max_new_tokens: int) -> Callable[[Callable], Callable]:
+    """Decorates a task generator that returns a sample's own fields (context, question, answers, meta)
+    so that it also returns the task's fixed ones: ``instruction``, ``answer_prefix``, ``max_new_tokens``."""
+    fixed = dict(instruction=instruction, answer_prefix=answer_prefix, max_new_tokens=max_new_tokens)
 
+    def decorate(generate: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(generate)
+        def fields(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return {**generate(*args, **kwargs), **fixed}
 
-def _distinct_keys(rng: random.Random, n: int) -> list[str]:
-    keys: list[str] = []
-    while len(keys) < n:
-        k = _key(rng)
-        if k not in keys:
-            keys.append(k)
-    return keys
+        return fields
 
-
-def _number(rng: random.Random, digits: int = 7) -> str:
-    return str(rng.randrange(10 ** (digits - 1), 10**digits))
+    return decorate
 
 
 _NEEDLE_INSTRUCTION = (
@@ -143,59 +142,54 @@ def _distractors(rng: random.Random, keys: list[str]) -> list[str]:
     """Needles with other relations than "special magic number" (the model can tell them apart)."""
     forms = [
         lambda k: f"The secret code word of {k} is {rng.choice(CODE_WORDS)}.",
-        lambda k: f"The hotel room of {k} is room {_number(rng, 3)}.",
+        lambda k: f"The hotel room of {k} is room {random_number(rng, 3)}.",
         lambda k: f"The home town of {k} is {rng.choice(CITIES)}.",
     ]
     return [forms[i % len(forms)](k) for i, k in enumerate(keys)]
 
 
+@_task(_NEEDLE_INSTRUCTION, "The special magic number is", max_new_tokens=16)
 def needle_single(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
-    key, value = _key(rng), _number(rng)
+    key, value = random_key(rng), random_number(rng)
     return dict(
         context=b.with_needles(length, [_magic(key, value)]),
         question=f"What is the special magic number for {key} mentioned in the provided text?",
         answers=[value],
-        instruction=_NEEDLE_INSTRUCTION,
-        answer_prefix="The special magic number is",
-        max_new_tokens=16,
         meta={"key": key},
     )
 
 
+@_task(_NEEDLE_INSTRUCTION, "The special magic number is", max_new_tokens=16)
 def needle_multikey(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
-    keys = _distinct_keys(rng, 4)
-    value = _number(rng)
+    keys = distinct(4, lambda: random_key(rng))
+    value = random_number(rng)
     needles = [_magic(keys[0], value), *_distractors(rng, keys[1:])]
     rng.shuffle(needles)
     return dict(
         context=b.with_needles(length, needles),
         question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
         answers=[value],
-        instruction=_NEEDLE_INSTRUCTION,
-        answer_prefix="The special magic number is",
-        max_new_tokens=16,
         meta={"key": keys[0], "distractor_keys": keys[1:]},
     )
 
 
+@_task(_NEEDLE_INSTRUCTION, "The special magic numbers are", max_new_tokens=48)
 def needle_multivalue(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
-    key = _key(rng)
-    values = [_number(rng) for _ in range(4)]
+    key = random_key(rng)
+    values = [random_number(rng) for _ in range(4)]
     needle = f"The special magic numbers for {key} are: {', '.join(values[:-1])} and {values[-1]}."
     return dict(
         context=b.with_needles(length, [needle]),
         question=f"What are all the special magic numbers for {key} mentioned in the provided text?",
         answers=values,
-        instruction=_NEEDLE_INSTRUCTION,
-        answer_prefix="The special magic numbers are",
-        max_new_tokens=48,
         meta={"key": key},
     )
 
 
+@_task(_NEEDLE_INSTRUCTION, "The special magic number and the secret code word are", max_new_tokens=40)
 def needle_multiquery(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
-    k1, k2 = _distinct_keys(rng, 2)
-    number, word = _number(rng), rng.choice(CODE_WORDS)
+    k1, k2 = distinct(2, lambda: random_key(rng))
+    number, word = random_number(rng), rng.choice(CODE_WORDS)
     needles = [_magic(k1, number), f"The secret code word of {k2} is {word}."]
     return dict(
         context=b.with_needles(length, needles),
@@ -204,9 +198,6 @@ def needle_multiquery(b: _Builder, rng: random.Random, length: int) -> dict[str,
             "mentioned in the provided text?"
         ),
         answers=[number, word],
-        instruction=_NEEDLE_INSTRUCTION,
-        answer_prefix="The special magic number and the secret code word are",
-        max_new_tokens=40,
         meta={"keys": [k1, k2]},
     )
 
@@ -216,6 +207,11 @@ def _uuid(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+@_task(
+    "Extract the value corresponding to the specified key in the JSON object below.",
+    "The value associated with the key is",
+    max_new_tokens=40,
+)
 def kv_retrieval(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]:
     """RULER's key-value retrieval: a JSON object of UUID keys and values; no prose."""
     pairs: list[tuple[str, str]] = []
@@ -232,21 +228,19 @@ def kv_retrieval(b: _Builder, rng: random.Random, length: int) -> dict[str, Any]
         context="JSON data:\n" + text,
         question=f'What is the value associated with the key "{key}" in the JSON object above?',
         answers=[value],
-        instruction="Extract the value corresponding to the specified key in the JSON object below.",
-        answer_prefix="The value associated with the key is",
-        max_new_tokens=40,
         meta={"pairs": len(pairs)},
     )
 
 
+@_task(
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.",
+    "The variables assigned that value are:",
+    max_new_tokens=40,
+)
 def variable_tracking(b: _Builder, rng: random.Random, length: int, hops: int = 3) -> dict[str, Any]:
     """RULER's variable tracking: ``VAR X = 12345`` then ``VAR Y = VAR X`` ... spread over the text."""
-    names: list[str] = []
-    while len(names) < hops + 1:
-        name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
-        if name not in names:
-            names.append(name)
-    value = _number(rng, 5)
+    names = distinct(hops + 1, lambda: "".join(rng.choice(string.ascii_uppercase) for _ in range(5)))
+    value = random_number(rng, 5)
     chain = [f"VAR {names[0]} = {value}."] + [
         f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, hops + 1)
     ]
@@ -255,13 +249,15 @@ def variable_tracking(b: _Builder, rng: random.Random, length: int, hops: int = 
         context=b.with_needles(length, chain, depths),
         question=f"Find all variables that are assigned the value {value} in the text above.",
         answers=names,
-        instruction="Memorize and track the chain(s) of variable assignment hidden in the following text.",
-        answer_prefix="The variables assigned that value are:",
-        max_new_tokens=40,
         meta={"value": value},
     )
 
 
+@_task(
+    "Below is a numbered list of words. In these words, some appear more often than others.",
+    "The most common words are:",
+    max_new_tokens=64,
+)
 def common_words(b: _Builder, rng: random.Random, length: int, num_common: int = 10) -> dict[str, Any]:
     """RULER's common-words extraction: a numbered word list where ``num_common`` words repeat."""
     vocab = sorted(
@@ -281,9 +277,6 @@ def common_words(b: _Builder, rng: random.Random, length: int, num_common: int =
         context="\n".join(f"{i + 1}. {w}" for i, w in enumerate(words)),
         question=f"What are the {num_common} most common words in the above list?",
         answers=common,
-        instruction="Below is a numbered list of words. In these words, some appear more often than others.",
-        answer_prefix="The most common words are:",
-        max_new_tokens=64,
         meta={"repeats": reps},
     )
 

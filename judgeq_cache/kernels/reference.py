@@ -5,22 +5,29 @@ These run everywhere (CPU, CUDA, autograd) and are the test oracle for the Trito
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Queries scored at once; bounds the ``[B, Hq, chunk, N]`` fp32 intermediate.
 QUERY_CHUNK = 256
 
 
+class ScoreOptions(TypedDict, total=False):
+    """The optional keywords of :func:`attention_scores` and :func:`attention_scores_and_output`."""
+
+    key_mask: torch.Tensor | None
+    causal_offset: int | None
+    num_out: int | None
+    softcap: float | None
+
+
 def attention_scores(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    *,
-    scaling: float,
-    key_mask: torch.Tensor | None = None,
-    causal_offset: int | None = None,
-    num_out: int | None = None,
-    softcap: float | None = None,
+    query: torch.Tensor, key: torch.Tensor, *, scaling: float, **options: Unpack[ScoreOptions]
 ) -> torch.Tensor:
     """Mean softmax attention of ``query`` over ``key``, aggregated per KV head.
 
@@ -48,7 +55,7 @@ def attention_scores(
     Tensor ``[B, Hkv, num_out]`` float32
         Probabilities averaged over the valid queries and the query heads of each KV group.
     """
-    return _scores(query, key, None, scaling, key_mask, causal_offset, num_out, softcap)[0]
+    return _scores(query, key, None, scaling, **options)[0]
 
 
 def attention_scores_and_output(
@@ -57,17 +64,14 @@ def attention_scores_and_output(
     value: torch.Tensor,
     *,
     scaling: float,
-    key_mask: torch.Tensor | None = None,
-    causal_offset: int | None = None,
-    num_out: int | None = None,
-    softcap: float | None = None,
+    **options: Unpack[ScoreOptions],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`attention_scores` plus the attention output those probabilities give, from one softmax.
 
     ``value`` is ``[B, Hkv, N, D]``; the output is ``[B, m, Hq, D]`` in ``query``'s dtype (the layout
     transformers' attention functions return). Rows of queries that see no key are zero.
     """
-    return _scores(query, key, value, scaling, key_mask, causal_offset, num_out, softcap)
+    return _scores(query, key, value, scaling, **options)
 
 
 def _scores(
@@ -75,10 +79,10 @@ def _scores(
     key: torch.Tensor,
     value: torch.Tensor | None,
     scaling: float,
-    key_mask: torch.Tensor | None,
-    causal_offset: int | None,
-    num_out: int | None,
-    softcap: float | None,
+    key_mask: torch.Tensor | None = None,
+    causal_offset: int | None = None,
+    num_out: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     bsz, num_q_heads, m, dim = query.shape
     _, num_kv_heads, n, _ = key.shape

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import LayerInputs, QuerySource, Scorer
+from .base import LayerInputs, Scorer
 
 
 @dataclass(kw_only=True)
@@ -16,7 +16,6 @@ class StreamingLLMScorer(Scorer):
 
     sink_tokens: int = 4
     name: ClassVar[str] = "streamingllm"
-    query_source: ClassVar[QuerySource] = "none"
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         keys = inputs.keys
@@ -29,7 +28,6 @@ class RandomScorer(Scorer):
 
     seed: int = 0
     name: ClassVar[str] = "random"
-    query_source: ClassVar[QuerySource] = "none"
 
     def score(self, inputs: LayerInputs) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed + inputs.layer_idx)

@@ -23,70 +23,36 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["KNOWN_CONFIGS", "ModelShape", "resolve_shape"]
 
-_LLAMA_8B = dict(
-    model_type="llama",
-    num_hidden_layers=32,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-    max_position_embeddings=131072,
+#: The ``config.json`` fields the plan reads, in the order of a :func:`_config` row.
+_FIELDS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "max_position_embeddings",
 )
-_LLAMA_3B = dict(
-    _LLAMA_8B,
-    num_hidden_layers=28,
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_attention_heads=24,
-    tie_word_embeddings=True,
-)
-_LLAMA_1B = dict(
-    _LLAMA_8B,
-    num_hidden_layers=16,
-    hidden_size=2048,
-    intermediate_size=8192,
-    head_dim=64,
-    tie_word_embeddings=True,
-)
-_QWEN_7B = dict(
-    model_type="qwen2",
-    num_hidden_layers=28,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    tie_word_embeddings=False,
-    max_position_embeddings=32768,
-)
-_MISTRAL_7B = dict(_LLAMA_8B, model_type="mistral", vocab_size=32768, max_position_embeddings=32768)
-_SMOLLM2_135M = dict(
-    model_type="llama",
-    num_hidden_layers=30,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-)
-_GEMMA3_270M = dict(
-    model_type="gemma3_text",
-    num_hidden_layers=18,
-    hidden_size=640,
-    intermediate_size=2048,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=256,
-    vocab_size=262144,
-    tie_word_embeddings=True,
-    sliding_window=512,
-    sliding_window_pattern=6,
-    max_position_embeddings=32768,
+
+
+def _config(*row: Any, **extra: Any) -> dict[str, Any]:
+    """A ``config.json`` dict from one row of :data:`_FIELDS` values (None: the field is absent) and
+    ``extra`` fields."""
+    return {field: value for field, value in zip(_FIELDS, row, strict=True) if value is not None} | extra
+
+
+# type, layers, hidden, intermediate, q heads, KV heads, head dim, vocab, tied, max positions
+_LLAMA_8B = _config("llama", 32, 4096, 14336, 32, 8, 128, 128256, False, 131072)
+_LLAMA_3B = _config("llama", 28, 3072, 8192, 24, 8, 128, 128256, True, 131072)
+_LLAMA_1B = _config("llama", 16, 2048, 8192, 32, 8, 64, 128256, True, 131072)
+_QWEN_7B = _config("qwen2", 28, 3584, 18944, 28, 4, None, 152064, False, 32768)
+_MISTRAL_7B = _config("mistral", 32, 4096, 14336, 32, 8, 128, 32768, False, 32768)
+_SMOLLM2_135M = _config("llama", 30, 576, 1536, 9, 3, None, 49152, True, 8192)
+_GEMMA3_270M = _config(
+    "gemma3_text", 18, 640, 2048, 4, 1, 256, 262144, True, 32768, sliding_window=512, sliding_window_pattern=6
 )
 
 #: Well-known Hub ids (lower case) -> the fields of their ``config.json`` that the plan reads.

@@ -274,3 +274,43 @@ def test_continuation_prompts_continue_the_book_and_avoid_the_evaluation_excerpt
         assert overlaps_reserved(corpus, offset, offset + 1)
     with pytest.raises(ValueError, match="new_tokens"):
         continuation_prompts(model, tok, 1, new_tokens=0)
+
+
+def _span_reference(scores: list[float], budget: int, r: int, pool: int) -> list[int]:
+    """Span-aware top-k written out with Python lists: max-pool, the budget // (2 * (2r + 1)) best
+    anchors (earliest on ties), their spans first (by pooled score, then position), then the rest."""
+    n = len(scores)
+    pooled = [max(scores[max(0, i - pool // 2) : i + pool // 2 + 1]) for i in range(n)]
+    by_score = sorted(range(n), key=lambda i: (-pooled[i], i))
+    anchors = by_score[: budget // (2 * (2 * r + 1))]
+    spans = {j for a in anchors for j in range(max(0, a - r), min(n, a + r + 1))}
+    order = [i for i in by_score if i in spans] + [i for i in by_score if i not in spans]
+    return sorted(order[:budget])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("budget", "r", "pool"), [(14, 3, 1), (22, 2, 3), (12, 5, 7), (9, 1, 1)])
+def test_span_aware_selection_keeps_whole_spans_around_the_best_anchors(seed, budget, r, pool):
+    from judgeq_cache.scorers.positional import StreamingLLMScorer
+
+    g = torch.Generator().manual_seed(seed)
+    n = 48
+    scores = torch.rand((1, 2, n), generator=g).round(decimals=2)  # ties, as after max-pooling
+    scorer = StreamingLLMScorer(span_tokens=r, pooling_kernel=pool, sink_tokens=0, recent_tokens=0)
+    scorer.score = lambda inputs: scores  # type: ignore[method-assign]
+    keys = torch.zeros((1, 2, n, 4))
+    inputs = LayerInputs(
+        layer_idx=0,
+        keys=keys,
+        values=keys,
+        attention=None,
+        key_mask=torch.ones((1, n), dtype=torch.bool),
+        budget=budget,
+    )
+    kept = scorer.select(inputs)
+    for head in range(2):
+        assert kept[0, head].tolist() == _span_reference(scores[0, head].tolist(), budget, r, pool)
+    # span_tokens=0 is the plain top-k
+    plain = StreamingLLMScorer(pooling_kernel=pool, sink_tokens=0, recent_tokens=0)
+    plain.score = lambda inputs: scores  # type: ignore[method-assign]
+    assert plain.select(inputs)[0, 0].tolist() == _span_reference(scores[0, 0].tolist(), budget, 0, pool)

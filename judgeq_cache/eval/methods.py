@@ -41,6 +41,9 @@ METHODS: dict[str, dict[str, Any]] = {
     # The hybrid: a quarter of the score from the last prompt query's attention (TOVA's signal).
     "judgeq-hybrid": {"scorer": "judgeq", "shared_heads": True, "window_weight": 0.25, "window_size": 1},
     "snapkv-shared": {"scorer": "snapkv", "window_size": 32, "shared_heads": True},
+    # Span-aware selection (scorers/spans.py): half the budget in whole spans of 2r+1 tokens.
+    "judgeq-span3": {"scorer": "judgeq", "span_tokens": 3},
+    "judgeq-span5": {"scorer": "judgeq", "span_tokens": 5},
     # TOVA at prefill (kvpress's TOVAPress): last prompt query, heads averaged.
     "tova": {},
     # The ceiling: what the full cache's own continuation (appended question + its greedy answer)

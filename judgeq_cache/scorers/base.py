@@ -13,6 +13,7 @@ from torch import nn
 from .. import kernels
 from ..cache.budget import Budget
 from ..tensor_parallel import HeadShards, mean_over_heads
+from .spans import span_scores
 
 #: Where a scorer's queries come from.
 #: ``"none"``: keys/positions only; ``"window"``: the last prompt queries (captured during prefill);
@@ -124,6 +125,9 @@ class Scorer(ABC):
         Newest stored entries always kept at decode-time evictions (``decode_every``), as a count or
         a fraction of each layer's budget like ``recent_tokens``; None: as ``recent_tokens``. Generated
         text mostly needs the text just before it, which a scorer of the prompt may not rank high.
+    span_tokens : int
+        Span-aware selection (:mod:`~judgeq_cache.scorers.spans`): half the budget keeps whole spans of
+        ``2 * span_tokens + 1`` positions around the best-scored ones (0: off, a plain top-k).
     shared_heads : bool
         Keep the same positions in every KV head of a layer (scores averaged over the heads before the
         top-k, as TOVA does) instead of a separate top-k per head.
@@ -137,6 +141,7 @@ class Scorer(ABC):
     sink_tokens: int = 0
     recent_tokens: int | float = 0
     decode_recent_tokens: int | float | None = None
+    span_tokens: int = 0
     shared_heads: bool = False
     head_shards: HeadShards | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -154,6 +159,12 @@ class Scorer(ABC):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         if self.sink_tokens < 0 or self.recent_tokens < 0 or (self.decode_recent_tokens or 0) < 0:
             raise ValueError("sink_tokens, recent_tokens and decode_recent_tokens must be >= 0")
+        if (
+            isinstance(self.span_tokens, bool)
+            or not isinstance(self.span_tokens, int)
+            or self.span_tokens < 0
+        ):
+            raise ValueError(f"span_tokens must be an int >= 0 (0: off), got {self.span_tokens!r}")
         for name in ("recent_tokens", "decode_recent_tokens"):
             value = getattr(self, name)
             if isinstance(value, float) and not 0.0 < value <= 1.0:
@@ -176,12 +187,18 @@ class Scorer(ABC):
             scores = mean_over_heads(scores, self.head_shards)
         sinks, recent = self.protected_counts(inputs.budget)
         recent = min(recent, max(0, inputs.budget - sinks))  # the newest ones when they cannot all fit
+        pooling_kernel = self.pooling_kernel
+        if self.span_tokens:  # pooled here, spans ranked first (scorers/spans.py)
+            scores = span_scores(
+                scores, inputs.key_mask, inputs.budget, self.span_tokens, self.pooling_kernel, self.pooling
+            )
+            pooling_kernel = 1
         return kernels.select_indices(
             scores,
             inputs.budget,
             key_mask=inputs.key_mask,
             protected=protected_mask(inputs.key_mask, sinks, recent),
-            pooling_kernel=self.pooling_kernel,
+            pooling_kernel=pooling_kernel,
             pooling=self.pooling,
         )
 

@@ -14,6 +14,7 @@ from judgeq_cache.prompts import Prompt, corpus_prompts, encode_prompt, load_pro
 from judgeq_cache.training import (
     ResponseStore,
     TrainConfig,
+    TrainData,
     TrainingError,
     alignment_loss,
     evaluate_hit_rates,
@@ -272,6 +273,37 @@ def test_train_end_to_end_checkpoint_resume_and_response_cache(tmp_path, tokeniz
     assert len((out / "responses.jsonl").read_text().splitlines()) == 6
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+
+
+def test_train_data_equals_the_keywords_and_both_raise(tmp_path, tokenizer):
+    """``train(..., data=TrainData(...))`` trains the very rows of the keyword form; both is a TypeError."""
+    model = make_model("llama")
+    cfg = small_config(max_steps=2, save_every=0)
+    prompts = text_prompts(4)
+    held = prepare_examples(
+        model, tokenizer, prompts[2:], JudgeQAdapter.init_for(model, 4), cfg, window_size=32, progress=False
+    )
+    fields = dict(train_prompts=prompts[:2], heldout_examples=held, responses_path=tmp_path / "r.jsonl")
+    by_keywords, report = train(
+        model, tokenizer, output_dir=tmp_path / "kw", config=cfg, progress=False, **fields
+    )
+    by_data, report_data = train(
+        model, tokenizer, None, tmp_path / "data", cfg, data=TrainData(**fields), progress=False
+    )
+    assert torch.equal(by_data.rows, by_keywords.rows)
+    assert report_data["final"] == report["final"] and report_data["steps"] == 2
+    assert not (tmp_path / "data" / "responses.jsonl").exists()  # responses_path came through data
+    with pytest.raises(TypeError, match="data= and heldout_prompts=, responses_path="):
+        train(
+            model,
+            tokenizer,
+            None,
+            tmp_path / "both",
+            cfg,
+            data=TrainData(**fields),
+            heldout_prompts=prompts[2:],
+            responses_path=tmp_path / "r.jsonl",
+        )
 
 
 def test_training_reduces_loss_on_a_fixed_batch(tokenizer):

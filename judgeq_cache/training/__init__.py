@@ -36,12 +36,13 @@ _EXPORTS = {
     "Example": ".data",
     "ResponseStore": ".data",
     "TrainConfig": ".config",
+    "TrainData": ".config",
     "TrainingError": ".config",
     "add_arguments": ".cli",
     "alignment_loss": ".objective",
     "evaluate_hit_rates": ".objective",
     "main": ".cli",
-    "plot_loss": ".loop",
+    "plot_loss": ".outputs",
     "prepare_examples": ".data",
     "register_cli": ".cli",
     "run_cli": ".cli",
@@ -52,6 +53,7 @@ __all__ = [
     "Example",
     "ResponseStore",
     "TrainConfig",
+    "TrainData",
     "TrainingError",
     "add_arguments",
     "alignment_loss",
@@ -66,10 +68,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cli import add_arguments, main, register_cli, run_cli
-    from .config import TrainConfig, TrainingError
+    from .config import TrainConfig, TrainData, TrainingError
     from .data import Example, ResponseStore, prepare_examples
-    from .loop import plot_loss, train
+    from .loop import train
     from .objective import alignment_loss, evaluate_hit_rates
+    from .outputs import plot_loss
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

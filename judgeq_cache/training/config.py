@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..cli.args import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+
+if TYPE_CHECKING:
+    from ..prompts import Prompt
+    from .data import Example
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +87,36 @@ class TrainConfig:
         d = asdict(self)
         d["eval_budgets"] = list(self.eval_budgets)
         return d
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What :func:`~judgeq_cache.training.train` trains and evaluates on.
+
+    Prompts are answered and prefilled by ``train``; examples prepared beforehand
+    (:func:`~judgeq_cache.training.prepare_examples`) are used as they are, in place of the prompts.
+    ``responses_path`` caches the responses (default ``output_dir/responses.jsonl``).
+    """
+
+    train_prompts: Sequence[Prompt] | None = None
+    heldout_prompts: Sequence[Prompt] | None = None
+    train_examples: list[Example] | None = None
+    heldout_examples: list[Example] | None = None
+    responses_path: str | Path | None = None
+
+    @classmethod
+    def resolve(cls, data: TrainData | None, **keywords: Any) -> TrainData:
+        """``data``, or :func:`~judgeq_cache.training.train`'s data ``keywords`` as one
+        :class:`TrainData`; a ``TypeError`` when ``data`` comes with any of them (not ``None``)."""
+        if data is None:
+            return cls(**keywords)
+        passed = [f"{name}=" for name, value in keywords.items() if value is not None]
+        if passed:
+            raise TypeError(
+                f"train() got data= and {', '.join(passed)}: pass the data either as data=TrainData(...) "
+                "or as keywords, not both"
+            )
+        return data
 
 
 # --------------------------------------------------------------------------- response cache

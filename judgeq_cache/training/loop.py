@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -19,58 +18,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..adapter import JudgeQAdapter
 from ..prompts import Prompt
-from .config import OPTIMIZER_STATE, TRAINER_STATE, TrainConfig, TrainingError
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, TrainData, TrainingError
 from .data import Example, ResponseStore, encode_prompts, prepare_examples
 from .objective import alignment_loss, evaluate_hit_rates
 from .onthefly import attention_pair, prepare_lazy_examples, resolve_targets
+from .outputs import plot_loss as plot_loss  # re-exported: `from .loop import plot_loss` predates .outputs
+from .outputs import record_run, write_outputs
 
 logger = logging.getLogger(__name__)
-
-
-def _save_checkpoint(directory: Path, adapter, optimizer, scheduler, state: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    adapter.save_pretrained(directory)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        directory / OPTIMIZER_STATE,
-    )
-    tmp = directory / f".{TRAINER_STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(directory / TRAINER_STATE)
-
-
-def plot_loss(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path | None:
-    """Loss curve PNG (training loss per step, held-out loss where measured)."""
-    try:
-        # A bare Figure draws without pyplot, so the caller's backend (e.g. a notebook's) is left alone.
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("matplotlib is not installed: no loss plot")
-        return None
-    steps = [h["step"] for h in history if "loss" in h]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot(steps, [h["loss"] for h in history if "loss" in h], lw=0.8, alpha=0.5, label="train (per step)")
-    if len(steps) >= 10:
-        w = max(2, len(steps) // 20)
-        losses = [h["loss"] for h in history if "loss" in h]
-        smooth = [
-            sum(losses[max(0, i - w + 1) : i + 1]) / len(losses[max(0, i - w + 1) : i + 1])
-            for i in range(len(losses))
-        ]
-        ax.plot(steps, smooth, lw=1.5, label=f"train (mean of {w})")
-    held = [(h["step"], h["heldout_loss"]) for h in history if "heldout_loss" in h]
-    if held:
-        ax.plot(*zip(*held), "o-", label="held-out")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("alignment loss")
-    ax.set_title(title or "Judge Q soft-token training")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 def train(
@@ -88,6 +44,7 @@ def train(
     heldout_examples: list[Example] | None = None,
     accelerator: Any = None,
     progress: bool = True,
+    data: TrainData | None = None,
 ) -> tuple[JudgeQAdapter, dict[str, Any]]:
     """Train soft tokens for ``model`` (frozen) and save the adapter to ``output_dir``.
 
@@ -95,48 +52,99 @@ def train(
     history.jsonl}`` and checkpoints under ``output_dir/checkpoint/`` (adapter + optimizer +
     trainer state; ``resume=True`` continues from it). Responses are cached in ``responses_path``
     (default ``output_dir/responses.jsonl``). Prepared examples can be passed in to share prefills
-    between runs (e.g. comparing initialisations). ``config.targets`` picks prepared targets or
-    targets computed on the fly at every step (:mod:`~.onthefly`; ``"auto"`` decides by memory);
-    ``report["targets"]`` says which ran. Returns the adapter and the final report.
+    between runs (e.g. comparing initialisations). ``data=`` carries the prompts, examples and
+    responses path as one :class:`~.config.TrainData` instead of the five keywords (not both; pass
+    ``train_prompts=None``). ``config.targets`` picks prepared targets or targets computed on the fly
+    at every step (:mod:`~.onthefly`; ``"auto"`` decides by memory); ``report["targets"]`` says which
+    ran. Returns the adapter and the final report.
 
     Side effects: seeds torch's and Python's global RNGs with ``config.seed`` (reproducible
     initialisation and shuffling), and builds an ``accelerate.Accelerator`` when none is passed
     (logged; pass ``accelerator=`` to control devices and processes yourself).
     """
+    data = TrainData.resolve(
+        data,
+        train_prompts=train_prompts,
+        heldout_prompts=heldout_prompts,
+        train_examples=train_examples,
+        heldout_examples=heldout_examples,
+        responses_path=responses_path,
+    )
     config = config or TrainConfig()
     output_dir = Path(output_dir)
     ckpt_dir = output_dir / "checkpoint"
     dist = _Distributed.of(accelerator, model)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    _seed_and_freeze(model, config.seed)
+    adapter, resuming = _setup_adapter(model, adapter, config, ckpt_dir, resume)
+    data, targets = _prepare_data(model, tokenizer, data, adapter, config, output_dir, dist, progress)
+    run = _start_run(model, adapter, config, dist, ckpt_dir, resuming)
+
+    report: dict[str, Any] = {}
+    heldout = data.heldout_examples
+    if heldout and run.state["step"] == 0:
+        report["initial"] = run.evaluate(heldout)
+        logger.info("before training: %s", _fmt_metrics(report["initial"]))
+    _run_steps(run, data, progress)
+    _finish(run, data, targets, output_dir, report)
+    adapter.rows.requires_grad_(False)
+    return adapter, report
+
+
+def _seed_and_freeze(model: nn.Module, seed: int) -> None:
+    """Seed torch's and Python's global RNGs, and freeze ``model`` in eval mode."""
+    torch.manual_seed(seed)
+    random.seed(seed)
     model.eval()  # dropout off; and transformers' gradient checkpointing is never switched on here
     for p in model.parameters():
         p.requires_grad_(False)
 
-    resuming = resume and (ckpt_dir / TRAINER_STATE).is_file()
+
+def _setup_adapter(
+    model: nn.Module, adapter: JudgeQAdapter | None, config: TrainConfig, ckpt_dir: Path, resume: bool
+) -> tuple[JudgeQAdapter, bool]:
+    """The adapter to train, on the model's device with trainable rows, and whether the run resumes:
+    the checkpoint's rows when resuming (also when ``adapter`` is passed), else ``adapter``, else fresh."""
+    resuming = resume and has_checkpoint(ckpt_dir)
     if resume and not resuming:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
-    if resuming:  # continue from the checkpoint's rows, also when a fresh adapter is passed
+    if resuming:
         adapter = JudgeQAdapter.from_pretrained(ckpt_dir)
     elif adapter is None:
         adapter = JudgeQAdapter.init_for(model, config.num_soft_tokens, seed=config.seed, init=config.init)
     adapter.check_compatible(model)
     adapter.to(model.get_input_embeddings().weight.device)
     adapter.rows.requires_grad_(True)
+    return adapter, resuming
 
-    store = ResponseStore(responses_path if responses_path is not None else output_dir / "responses.jsonl")
+
+def _prepare_data(
+    model: nn.Module,
+    tokenizer: Any,
+    data: TrainData,
+    adapter: JudgeQAdapter,
+    config: TrainConfig,
+    output_dir: Path,
+    dist: _Distributed,
+    progress: bool,
+) -> tuple[TrainData, str]:
+    """``data`` with this process's training examples and (main process only) held-out examples
+    prepared where only prompts were given; and the targets route the training examples take."""
+    store = ResponseStore(
+        data.responses_path if data.responses_path is not None else output_dir / "responses.jsonl"
+    )
     targets = "prepared"
+    train_examples, heldout_examples = data.train_examples, data.heldout_examples
     if train_examples is not None and config.targets == "on-the-fly":
         logger.warning("train(): prepared train_examples were passed in; they are used as they are")
     if train_examples is None:
         train_examples, targets = _prepare_shard(
-            model, tokenizer, train_prompts, adapter, config, store, dist, progress
+            model, tokenizer, data.train_prompts, adapter, config, store, dist, progress
         )
-    if heldout_examples is None and heldout_prompts and dist.is_main:
+    if heldout_examples is None and data.heldout_prompts and dist.is_main:
         heldout_examples = prepare_examples(
             model,
             tokenizer,
-            heldout_prompts,
+            data.heldout_prompts,
             adapter,
             # on the fly, the held-out prompts keep their targets but not their KV
             config if targets == "prepared" else replace(config, keep_prefill=False),
@@ -146,74 +154,116 @@ def train(
             desc="held-out prefill",
         )
     heldout = heldout_examples if dist.is_main else None
+    return replace(data, train_examples=train_examples, heldout_examples=heldout), targets
 
+
+@dataclass
+class _Run:
+    """What the step loop and the final save share: the frozen model, the rows' optimizer and
+    schedule, and the trainer state (``step``, ``history``, ``wall_seconds``) that checkpoints keep."""
+
+    model: nn.Module
+    adapter: JudgeQAdapter
+    config: TrainConfig
+    dist: _Distributed
+    ckpt_dir: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: dict[str, Any]
+
+    def evaluate(self, heldout: list[Example]) -> dict[str, Any]:
+        """Held-out metrics now; their loss is noted in the history at the current step."""
+        metrics = evaluate_hit_rates(self.model, self.adapter, heldout, self.config.eval_budgets, self.config)
+        self.state["history"].append({"step": self.state["step"], "heldout_loss": metrics["heldout_loss"]})
+        return metrics
+
+    def save(self) -> None:
+        """Checkpoint the rows, the optimizer and schedule, and the trainer state."""
+        save_checkpoint(self.ckpt_dir, self.adapter, self.optimizer, self.scheduler, self.state)
+
+
+def _start_run(
+    model: nn.Module,
+    adapter: JudgeQAdapter,
+    config: TrainConfig,
+    dist: _Distributed,
+    ckpt_dir: Path,
+    resuming: bool,
+) -> _Run:
+    """AdamW on the rows with warm-up + cosine, fresh or restored from ``ckpt_dir``."""
     optimizer = torch.optim.AdamW([adapter.rows], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * config.max_steps), config.max_steps
     )
     state: dict[str, Any] = {"step": 0, "history": [], "wall_seconds": 0.0}
     if resuming:
-        saved = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = json.loads((ckpt_dir / TRAINER_STATE).read_text())
+        state = load_checkpoint(ckpt_dir, optimizer, scheduler)
         logger.info("resuming from %s at step %d", ckpt_dir, state["step"])
+    return _Run(model, adapter, config, dist, ckpt_dir, optimizer, scheduler, state)
 
-    report: dict[str, Any] = {}
-    if heldout and state["step"] == 0:
-        report["initial"] = evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config)
-        state["history"].append({"step": 0, "heldout_loss": report["initial"]["heldout_loss"]})
-        logger.info("before training: %s", _fmt_metrics(report["initial"]))
 
-    batches = _shuffled_forever(train_examples, random.Random(config.seed + state["step"]))
+def _run_steps(run: _Run, data: TrainData, progress: bool) -> None:
+    """Optimizer steps up to ``config.max_steps``; held-out evaluations and checkpoints on schedule."""
+    config, state, heldout = run.config, run.state, data.heldout_examples
+    batches = _shuffled_forever(data.train_examples, random.Random(config.seed + state["step"]))
     bar = tqdm(
-        total=config.max_steps, initial=state["step"], desc="train", disable=not (progress and dist.is_main)
+        total=config.max_steps,
+        initial=state["step"],
+        desc="train",
+        disable=not (progress and run.dist.is_main),
     )
     t0, wall_before = time.perf_counter(), state.get("wall_seconds", 0.0)
     while state["step"] < config.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        examples = [next(batches) for _ in range(config.grad_accum)]
         try:
-            total = _accumulate_gradient(model, adapter, examples, config, dist)
+            total = _step(run, batches)
         except TrainingError as err:
             bar.close()
             raise TrainingError(
-                f"{err} at step {state['step'] + 1}; the last good checkpoint is in {ckpt_dir} "
+                f"{err} at step {state['step'] + 1}; the last good checkpoint is in {run.ckpt_dir} "
                 "(lower --lr or check the data); nothing after it was saved"
             ) from None
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([adapter.rows], config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        state["step"] += 1
-        entry = {"step": state["step"], "loss": total, "lr": scheduler.get_last_lr()[0]}
+        entry = {"step": state["step"], "loss": total, "lr": run.scheduler.get_last_lr()[0]}
         bar.set_postfix(loss=f"{total:.4f}")
         bar.update(1)
         if heldout and config.eval_every and state["step"] % config.eval_every == 0:
-            entry.update(evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config))
+            entry.update(evaluate_hit_rates(run.model, run.adapter, heldout, config.eval_budgets, config))
             logger.info("step %d: %s", state["step"], _fmt_metrics(entry))
         state["history"].append(entry)
         state["wall_seconds"] = wall_before + time.perf_counter() - t0
-        if dist.is_main and config.save_every and state["step"] % config.save_every == 0:
-            _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
+        if run.dist.is_main and config.save_every and state["step"] % config.save_every == 0:
+            run.save()
     bar.close()
 
-    if heldout:
-        report["final"] = evaluate_hit_rates(model, adapter, heldout, config.eval_budgets, config)
-        state["history"].append({"step": state["step"], "heldout_loss": report["final"]["heldout_loss"]})
+
+def _step(run: _Run, batches: Iterator[Example]) -> float:
+    """One optimizer step over ``config.grad_accum`` examples from ``batches``; returns their loss."""
+    run.optimizer.zero_grad(set_to_none=True)
+    examples = [next(batches) for _ in range(run.config.grad_accum)]
+    total = _accumulate_gradient(run.model, run.adapter, examples, run.config, run.dist)
+    if run.config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([run.adapter.rows], run.config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.state["step"] += 1
+    return total
+
+
+def _finish(run: _Run, data: TrainData, targets: str, output_dir: Path, report: dict[str, Any]) -> None:
+    """Final held-out evaluation, the report, and (main process) the last checkpoint and the outputs."""
+    state, dist = run.state, run.dist
+    if data.heldout_examples:
+        report["final"] = run.evaluate(data.heldout_examples)
         logger.info("after training: %s", _fmt_metrics(report["final"]))
     report["steps"] = state["step"]
     report["targets"] = targets
     report["train_loop_seconds"] = round(state["wall_seconds"], 1)
-    report["train_prompts"] = sum(len(e.ids) for e in train_examples) * dist.world
+    report["train_prompts"] = sum(len(e.ids) for e in data.train_examples) * dist.world
     if dist.is_main:
-        _record_run(adapter, config, report, dist.world)
-        _save_checkpoint(ckpt_dir, adapter, optimizer, scheduler, state)
-        _write_outputs(output_dir, adapter, state["history"], report)
+        record_run(run.adapter, run.config, report, dist.world)
+        run.save()
+        write_outputs(output_dir, run.adapter, state["history"], report)
     if dist.world > 1:  # the other ranks wait while the main one evaluates and saves
         dist.accelerator.wait_for_everyone()
-    adapter.rows.requires_grad_(False)
-    return adapter, report
 
 
 @dataclass(frozen=True)
@@ -291,33 +341,6 @@ def _accumulate_gradient(
     if not math.isfinite(total) or not torch.isfinite(grad).all():
         raise TrainingError(f"non-finite loss ({total})")
     return total
-
-
-def _record_run(adapter: JudgeQAdapter, config: TrainConfig, report: dict[str, Any], world: int) -> None:
-    """Store the run's settings and held-out metrics in the adapter's config."""
-    adapter.config.training = {
-        **config.to_dict(),
-        "targets": report.get("targets", config.targets),  # the route that ran ("auto" resolved)
-        "train_prompts": report["train_prompts"],
-        "world_size": world,
-    }
-    adapter.config.metrics = {
-        **{k: round(v, 4) for k, v in report.get("final", {}).items() if isinstance(v, float)},
-        **{f"initial/{k}": round(v, 4) for k, v in report.get("initial", {}).items() if isinstance(v, float)},
-        "train_loop_seconds": report["train_loop_seconds"],
-    }
-
-
-def _write_outputs(
-    output_dir: Path, adapter: JudgeQAdapter, history: list[dict], report: dict[str, Any]
-) -> None:
-    """The adapter, ``history.jsonl``, ``loss_curve.png`` and ``report.json`` in ``output_dir``."""
-    adapter.save_pretrained(output_dir)
-    with (output_dir / "history.jsonl").open("w") as f:
-        for h in history:
-            f.write(json.dumps(h) + "\n")
-    plot_loss(history, output_dir / "loss_curve.png", title=f"Judge Q: {adapter.config.base_model}")
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:

@@ -45,7 +45,11 @@ class Trigger(ABC):
 
 class DecodeEvery(Trigger):
     """``decode_every=N``: evict once ``N`` tokens were added since the last eviction (or since the
-    prefill)."""
+    prefill), back to the budget (an ``int`` as it is; a fraction of each row's prompt length),
+    keeping the scorer's ``decode_recent_tokens`` newest entries (Judge Q: half of each layer's
+    budget). The cache then never stores more than ``max(budget, kept prompt) + N - 1 + T`` entries
+    per KV head, ``T`` the tokens of the largest forward after the prefill (so ``+ N`` when decoding
+    token by token; a 10-token question right after ``N - 1`` decoded tokens reaches the bound)."""
 
     def __init__(self, every: int) -> None:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from judgeq_cache import JudgeQAdapter
 from judgeq_cache.errors import UntrainedAdapterError, UserError
@@ -103,6 +104,21 @@ def test_for_model_finds_the_shipped_adapter_for_the_embedded_model():
     real, _ = load_model("embedded")
     adapter = JudgeQAdapter.for_model(real)
     assert adapter.is_trained and adapter.config.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.real_model
+def test_the_gemma3_adapter_ships_by_name_and_is_found_for_its_model():
+    from judgeq_cache.models import load_model
+
+    adapter = JudgeQAdapter.from_pretrained("gemma-3-270m")
+    assert adapter.is_trained and adapter.config.base_model == "google/gemma-3-270m"
+    assert (shipped_adapter_path("gemma-3-270m") / "README.md").is_file()
+    try:
+        real, _ = load_model("gemma3")
+    except ImportError:
+        pytest.skip("the embedded Gemma-3-270M package is not installed")
+    found = JudgeQAdapter.for_model(real)
+    assert torch.equal(found.rows, adapter.rows)
 
 
 def test_untrained_adapters_are_refused_for_figures_unless_asked_for(tmp_path, model):
